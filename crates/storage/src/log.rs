@@ -1,0 +1,1121 @@
+//! The log of one partition replica: the [`Log`] trait with its contract, and
+//! [`SegmentedLog`], the engine that implements it over any [`Directory`].
+//!
+//! ```text
+//!  dir/
+//!    tandem-log                         marker and format version
+//!    00000000000000000000.log           sealed segment: synced at roll
+//!    00000000000000000000.index         its offset index   (written at roll)
+//!    00000000000000000000.timeindex     its time index     (written at roll)
+//!    00000000000000052117.log           active segment: the only one with unsynced bytes
+//!    leader-epoch-checkpoint            epoch -> start offset      (atomic rewrite)
+//!    high-watermark                     last checkpointed HW       (atomic rewrite)
+//!    log-start-offset                   when the log starts inside its first segment
+//! ```
+//!
+//! Locks: `flush_lock` (held across an fsync, and by truncation) is taken before `state`.
+//! Appends hold `state` only, so they go on while another thread waits on an fsync; the next
+//! flusher's fsync then covers all of them (group commit).
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use parking_lot::{Mutex, RwLock};
+use tracing::{info, warn};
+
+use crate::batch::{self, BatchError, BatchHeader};
+use crate::config::{Clock, FlushPolicy, LogConfig, SystemClock};
+use crate::epoch::{EpochCache, EpochEntry};
+use crate::error::{IoContext, Result, StorageError};
+use crate::fs::{Directory, MemDir, OsDir, SegmentFile, TEMP_SUFFIX};
+use crate::segment::{self, Segment, INDEX_SUFFIX, LOG_SUFFIX, TIME_INDEX_SUFFIX};
+
+pub const MARKER_FILE: &str = "tandem-log";
+const MARKER_CONTENT: &str = "tandem-log 1\n";
+pub const EPOCH_FILE: &str = "leader-epoch-checkpoint";
+pub const HIGH_WATERMARK_FILE: &str = "high-watermark";
+pub const LOG_START_FILE: &str = "log-start-offset";
+
+/// What an append wrote.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AppendInfo {
+    pub first_offset: i64,
+    pub last_offset: i64,
+    pub batch_count: usize,
+    pub record_count: i64,
+    pub bytes: usize,
+    /// The log end offset after the append.
+    pub log_end_offset: i64,
+}
+
+/// What retention removed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct RetentionOutcome {
+    pub segments_deleted: usize,
+    pub bytes_deleted: u64,
+    pub log_start_offset: i64,
+}
+
+/// The offsets that bound a log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LogOffsets {
+    pub log_start_offset: i64,
+    pub log_end_offset: i64,
+    /// Everything below this offset is on disk.
+    pub flushed_offset: i64,
+    /// The last checkpointed high watermark (clamped into the log).
+    pub high_watermark: i64,
+}
+
+/// An ordered, append-only sequence of Kafka v2 record batches, addressed by offset.
+///
+/// # Contract
+/// - **Offsets.** `log_start_offset ≤ high_watermark ≤ log_end_offset`, and
+///   `flushed_offset ≤ log_end_offset`. Batches are contiguous: each starts at the offset
+///   after the previous one's last offset.
+/// - **Appends.** [`append_as_leader`](Log::append_as_leader) validates every batch (magic,
+///   length, CRC32C, record count, size limit) before writing any, then assigns offsets from
+///   the log end and stamps the leader epoch, in place, outside the CRC.
+///   [`append_replicated`](Log::append_replicated) keeps the offsets and epochs it is given
+///   and refuses a batch that does not start at the log end. Either way an epoch older than
+///   the latest one is refused, and an append that fails leaves the log as it was.
+/// - **Epochs.** The first batch of a new epoch records (epoch, its base offset) in the epoch
+///   cache, durably, before the batch is written.
+/// - **Reads.** [`read`](Log::read) returns whole batches starting with the one that holds the
+///   offset, at most `max_bytes` except that the first batch is returned even if larger, and
+///   never crosses a segment boundary. Reading at the log end gives nothing; below the log start
+///   or past the end is `OffsetOutOfRange`.
+/// - **Durability.** `flushed_offset` only grows, except when truncation takes it down.
+///   With [`FlushPolicy::Always`] an append returns once its batches are on disk; concurrent
+///   appenders share fsyncs. A crash loses at most what is above `flushed_offset`.
+/// - **Truncation.** [`truncate_to(o)`](Log::truncate_to) removes every batch holding an offset
+///   `≥ o` (so the end may land below `o` if `o` is inside a batch) and durably, so that the cut
+///   suffix never comes back after a crash. Retention and
+///   [`advance_log_start`](Log::advance_log_start) remove whole segments from the front.
+/// - **Recovery.** Opening a log validates the active segment batch by batch and cuts it at
+///   the first torn or corrupt batch; nothing before that byte is lost. It never cuts to the
+///   high watermark.
+pub trait Log: Send + Sync {
+    /// Appends batches produced by clients, as the leader of `leader_epoch`.
+    fn append_as_leader(&self, batches: &mut [u8], leader_epoch: i32) -> Result<AppendInfo>;
+    /// Appends batches fetched from the leader, with their offsets and epochs.
+    fn append_replicated(&self, batches: &[u8]) -> Result<AppendInfo>;
+    fn read(&self, offset: i64, max_bytes: usize) -> Result<Bytes>;
+    fn offsets(&self) -> LogOffsets;
+    fn log_start_offset(&self) -> i64 {
+        self.offsets().log_start_offset
+    }
+    fn log_end_offset(&self) -> i64 {
+        self.offsets().log_end_offset
+    }
+    fn flushed_offset(&self) -> i64 {
+        self.offsets().flushed_offset
+    }
+    /// Makes everything appended so far durable; returns the flushed offset.
+    fn flush(&self) -> Result<i64>;
+    /// Flushes if the interval flush policy says it is time; returns the flushed offset.
+    fn flush_if_due(&self) -> Result<i64>;
+    fn truncate_to(&self, offset: i64) -> Result<()>;
+    /// Empties the log and restarts it at `offset` (a follower far behind the leader's start).
+    fn truncate_fully_and_start_at(&self, offset: i64) -> Result<()>;
+    /// Moves the log start up to `offset`, deleting segments that lie wholly below it.
+    fn advance_log_start(&self, offset: i64) -> Result<()>;
+    /// Deletes the oldest segments that the retention settings no longer want, among those that
+    /// lie wholly below `upper_bound` (the high watermark: uncommitted data is never deleted).
+    fn apply_retention(&self, upper_bound: i64) -> Result<RetentionOutcome>;
+    /// First offset whose record timestamp is at or after `timestamp`, with that timestamp.
+    fn offset_for_timestamp(&self, timestamp: i64) -> Result<Option<(i64, i64)>>;
+    /// Records that `epoch` starts at the current log end (a replica becoming leader).
+    fn assign_epoch(&self, epoch: i32) -> Result<()>;
+    fn epochs(&self) -> Vec<EpochEntry>;
+    fn latest_epoch(&self) -> Option<i32>;
+    /// Kafka's OffsetsForLeaderEpoch answer, see [`EpochCache::end_offset_for`].
+    fn end_offset_for_epoch(&self, epoch: i32) -> Option<EpochEntry>;
+    /// Durably records the high watermark, for the next open.
+    fn checkpoint_high_watermark(&self, high_watermark: i64) -> Result<()>;
+    /// Flushes; the log may be dropped after this.
+    fn close(&self) -> Result<()>;
+}
+
+struct LogState<F> {
+    segments: BTreeMap<i64, Segment<F>>,
+    log_start_offset: i64,
+    epochs: EpochCache,
+    high_watermark: i64,
+}
+
+impl<F: SegmentFile> LogState<F> {
+    fn active(&self) -> &Segment<F> {
+        self.segments
+            .values()
+            .next_back()
+            .expect("a log always has an active segment")
+    }
+    fn active_mut(&mut self) -> &mut Segment<F> {
+        self.segments
+            .values_mut()
+            .next_back()
+            .expect("a log always has an active segment")
+    }
+    fn log_end_offset(&self) -> i64 {
+        self.active().next_offset
+    }
+    fn check_invariants(&self) {
+        let leo = self.log_end_offset();
+        assert!(
+            self.log_start_offset <= leo,
+            "log start {} > LEO {leo}",
+            self.log_start_offset
+        );
+        assert!(
+            self.high_watermark <= leo,
+            "HW {} > LEO {leo}",
+            self.high_watermark
+        );
+        if let Some(latest) = self.epochs.latest() {
+            assert!(
+                latest.start_offset <= leo,
+                "epoch {latest:?} starts past LEO {leo}"
+            );
+        }
+    }
+}
+
+/// The log engine over a directory of segment files.
+pub struct SegmentedLog<D: Directory> {
+    dir: D,
+    /// `dir.describe()`, for messages.
+    place: String,
+    config: LogConfig,
+    clock: Arc<dyn Clock>,
+    state: RwLock<LogState<D::File>>,
+    /// Serializes fsyncs, so that appenders waiting here share the next one.
+    flush_lock: Mutex<()>,
+    flushed_offset: AtomicI64,
+    last_flush_ms: AtomicI64,
+    /// fsyncs of segment data so far: how well group commit works.
+    sync_count: AtomicU64,
+}
+
+/// A log on the local file system.
+pub type DiskLog = SegmentedLog<OsDir>;
+/// A log in memory that loses unsynced data when its [`MemDir`] crashes: the simulator's.
+pub type MemLog = SegmentedLog<MemDir>;
+
+impl DiskLog {
+    /// Opens the log in `path`, creating the directory and an empty log if there is none.
+    pub fn open_path(path: impl AsRef<std::path::Path>, config: LogConfig) -> Result<DiskLog> {
+        let path = path.as_ref();
+        let dir = OsDir::create_all(path).context(&path.display().to_string(), || {
+            "creating the log directory".into()
+        })?;
+        SegmentedLog::open(dir, config, Arc::new(SystemClock))
+    }
+}
+
+fn parse_i64_checkpoint(dir: &str, file: &str, data: Option<Vec<u8>>) -> Result<Option<i64>> {
+    let Some(data) = data else { return Ok(None) };
+    let corrupt = |reason: String| StorageError::CorruptCheckpoint {
+        dir: dir.to_string(),
+        file: file.to_string(),
+        reason,
+    };
+    let text = String::from_utf8(data).map_err(|_| corrupt("not UTF-8".into()))?;
+    let value: i64 = text
+        .trim_end_matches('\n')
+        .parse()
+        .map_err(|_| corrupt(format!("{text:?} is not an offset")))?;
+    if value < 0 {
+        return Err(corrupt(format!("negative offset {value}")));
+    }
+    Ok(Some(value))
+}
+
+impl<D: Directory> SegmentedLog<D> {
+    /// Opens the log in `dir`, recovering it if the last run did not end cleanly; an empty
+    /// directory becomes a new, empty log.
+    pub fn open(dir: D, config: LogConfig, clock: Arc<dyn Clock>) -> Result<SegmentedLog<D>> {
+        let place = dir.describe();
+        config.validate().map_err(|reason| StorageError::NotALog {
+            path: place.clone(),
+            reason: format!("bad configuration: {reason}"),
+        })?;
+        let now = clock.now_ms();
+        let names = dir
+            .list()
+            .context(&place, || "listing the directory".into())?;
+        let mut names: Vec<String> = names
+            .into_iter()
+            .filter(|name| {
+                if name.ends_with(TEMP_SUFFIX) {
+                    info!(log = %place, file = %name, "removing a checkpoint left half-written by a crash");
+                    let _ = dir.remove(name);
+                    false
+                } else {
+                    true
+                }
+            })
+            .collect();
+        names.sort();
+        Self::check_marker(&dir, &place, &names)?;
+
+        let log_start_checkpoint = parse_i64_checkpoint(
+            &place,
+            LOG_START_FILE,
+            dir.read(LOG_START_FILE)
+                .context(&place, || "reading the log start checkpoint".into())?,
+        )?;
+        let high_watermark_checkpoint = parse_i64_checkpoint(
+            &place,
+            HIGH_WATERMARK_FILE,
+            dir.read(HIGH_WATERMARK_FILE)
+                .context(&place, || "reading the HW checkpoint".into())?,
+        )?;
+        let saved_epochs = match dir
+            .read(EPOCH_FILE)
+            .context(&place, || "reading the epoch checkpoint".into())?
+        {
+            None => None,
+            Some(data) => {
+                let text =
+                    String::from_utf8(data).map_err(|_| StorageError::CorruptCheckpoint {
+                        dir: place.clone(),
+                        file: EPOCH_FILE.into(),
+                        reason: "not UTF-8".into(),
+                    })?;
+                Some(EpochCache::decode(&text).map_err(|reason| {
+                    StorageError::CorruptCheckpoint {
+                        dir: place.clone(),
+                        file: EPOCH_FILE.into(),
+                        reason,
+                    }
+                })?)
+            }
+        };
+        let rebuild_epochs = saved_epochs.is_none();
+        let mut epochs = saved_epochs.clone().unwrap_or_default();
+
+        let bases: Vec<i64> = names
+            .iter()
+            .filter_map(|n| segment::parse_file_name(n, LOG_SUFFIX))
+            .collect();
+        // Index files whose segment is gone are residue of a crash during deletion.
+        for name in &names {
+            for suffix in [INDEX_SUFFIX, TIME_INDEX_SUFFIX] {
+                if let Some(base) = segment::parse_file_name(name, suffix) {
+                    if !bases.contains(&base) {
+                        let _ = dir.remove(name);
+                    }
+                }
+            }
+        }
+
+        let interval = config.index_interval_bytes;
+        let mut segments: BTreeMap<i64, Segment<D::File>> = BTreeMap::new();
+        let mut damaged = false;
+        for (i, &base) in bases.iter().enumerate() {
+            let log_name = segment::file_name(base, LOG_SUFFIX);
+            if damaged {
+                warn!(log = %place, segment = %log_name, "deleting a segment that follows damaged data");
+                Self::remove_segment_files(&dir, &place, base)?;
+                continue;
+            }
+            if let Some(prev) = segments.values().next_back() {
+                if prev.next_offset != base {
+                    warn!(log = %place, segment = %log_name, expected = prev.next_offset,
+                        "segment does not start where the previous one ends; deleting it and every later segment");
+                    damaged = true;
+                    Self::remove_segment_files(&dir, &place, base)?;
+                    continue;
+                }
+            }
+            let file = dir
+                .open(&log_name)
+                .context(&place, || format!("opening {log_name}"))?;
+            let is_last = i + 1 == bases.len();
+            let mut note_epoch = |h: &BatchHeader| {
+                if h.leader_epoch >= 0 && epochs.latest_epoch().is_none_or(|e| h.leader_epoch > e) {
+                    let _ = epochs.assign(h.leader_epoch, h.base_offset);
+                }
+            };
+            let (segment, damage) = if is_last || rebuild_epochs {
+                // The active segment may hold a torn or unsynced tail: check every byte.
+                Segment::scan(base, file, interval, true, now, &mut note_epoch)
+                    .context(&place, || format!("scanning {log_name}"))?
+            } else {
+                let index = dir
+                    .read(&segment::file_name(base, INDEX_SUFFIX))
+                    .context(&place, || "reading an index".into())?;
+                let time_index = dir
+                    .read(&segment::file_name(base, TIME_INDEX_SUFFIX))
+                    .context(&place, || "reading a time index".into())?;
+                let loaded = match (index, time_index) {
+                    (Some(index), Some(time_index)) => {
+                        Segment::load(base, file, &index, &time_index, interval, now)
+                            .context(&place, || format!("loading {log_name}"))?
+                    }
+                    (index, _) => Err((
+                        file,
+                        format!(
+                            "{} missing",
+                            if index.is_none() {
+                                "offset index"
+                            } else {
+                                "time index"
+                            }
+                        ),
+                    )),
+                };
+                match loaded {
+                    Ok(segment) => (segment, None),
+                    Err((file, reason)) => {
+                        warn!(log = %place, segment = %log_name, %reason, "rebuilding the segment's indexes");
+                        let rebuilt =
+                            Segment::scan(base, file, interval, true, now, &mut note_epoch)
+                                .context(&place, || format!("scanning {log_name}"))?;
+                        if rebuilt.1.is_none() {
+                            Self::write_indexes(&dir, &place, &rebuilt.0)?;
+                        }
+                        rebuilt
+                    }
+                }
+            };
+            if let Some(damage) = damage {
+                let file_len = segment
+                    .file
+                    .len()
+                    .context(&place, || format!("sizing {log_name}"))?;
+                warn!(
+                    log = %place,
+                    segment = %log_name,
+                    position = damage.position,
+                    offset = damage.offset,
+                    bytes_cut = file_len - damage.position,
+                    reason = %damage.reason,
+                    "recovery cut the log at the first bad batch; everything before it is intact"
+                );
+                segment
+                    .file
+                    .set_len(damage.position)
+                    .and_then(|_| segment.file.sync_data())
+                    .context(&place, || format!("cutting {log_name}"))?;
+                damaged = true;
+            }
+            segments.insert(base, segment);
+        }
+        if segments.is_empty() {
+            let base = log_start_checkpoint.unwrap_or(0);
+            let name = segment::file_name(base, LOG_SUFFIX);
+            let file = dir
+                .create(&name)
+                .context(&place, || format!("creating {name}"))?;
+            segments.insert(base, Segment::new(base, file, now));
+        }
+        dir.sync()
+            .context(&place, || "syncing the directory".into())?;
+
+        let log_end_offset = segments.values().next_back().map_or(0, |s| s.next_offset);
+        let first_base = segments.keys().next().copied().unwrap_or(0);
+        let log_start_offset = log_start_checkpoint
+            .unwrap_or(first_base)
+            .max(first_base)
+            .min(log_end_offset);
+        epochs.truncate_from_end(log_end_offset);
+        epochs.truncate_from_start(log_start_offset);
+        if saved_epochs.as_ref() != Some(&epochs) {
+            dir.write_atomic(EPOCH_FILE, epochs.encode().as_bytes())
+                .context(&place, || "writing the epoch checkpoint".into())?;
+        }
+        let high_watermark = high_watermark_checkpoint
+            .unwrap_or(log_start_offset)
+            .clamp(log_start_offset, log_end_offset);
+        // What was read back from the file may sit only in the page cache of a process that
+        // died; sync it so that `flushed_offset` can start at the log end.
+        let active = segments.values().next_back().expect("created above");
+        active
+            .file
+            .sync_data()
+            .context(&place, || "syncing the active segment".into())?;
+
+        let state = LogState {
+            segments,
+            log_start_offset,
+            epochs,
+            high_watermark,
+        };
+        state.check_invariants();
+        Ok(SegmentedLog {
+            dir,
+            place,
+            config,
+            clock,
+            state: RwLock::new(state),
+            flush_lock: Mutex::new(()),
+            flushed_offset: AtomicI64::new(log_end_offset),
+            last_flush_ms: AtomicI64::new(now),
+            sync_count: AtomicU64::new(0),
+        })
+    }
+
+    fn check_marker(dir: &D, place: &str, names: &[String]) -> Result<()> {
+        if names.iter().any(|n| n == MARKER_FILE) {
+            let content = dir
+                .read(MARKER_FILE)
+                .context(place, || "reading the marker".into())?
+                .unwrap_or_default();
+            if content != MARKER_CONTENT.as_bytes() {
+                return Err(StorageError::NotALog {
+                    path: place.to_string(),
+                    reason: format!(
+                        "marker file {MARKER_FILE} holds {:?}, expected {MARKER_CONTENT:?}",
+                        String::from_utf8_lossy(&content)
+                    ),
+                });
+            }
+            return Ok(());
+        }
+        if let Some(other) = names.first() {
+            return Err(StorageError::NotALog {
+                path: place.to_string(),
+                reason: format!(
+                    "no {MARKER_FILE} marker, and it holds {} other file(s), such as {other:?}",
+                    names.len()
+                ),
+            });
+        }
+        dir.write_atomic(MARKER_FILE, MARKER_CONTENT.as_bytes())
+            .context(place, || "creating the marker".into())
+    }
+
+    fn remove_segment_files(dir: &D, place: &str, base: i64) -> Result<()> {
+        for suffix in [LOG_SUFFIX, INDEX_SUFFIX, TIME_INDEX_SUFFIX] {
+            let name = segment::file_name(base, suffix);
+            dir.remove(&name)
+                .context(place, || format!("removing {name}"))?;
+        }
+        Ok(())
+    }
+
+    fn write_indexes(dir: &D, place: &str, segment: &Segment<D::File>) -> Result<()> {
+        let base = segment.base_offset;
+        dir.write_atomic(
+            &segment::file_name(base, INDEX_SUFFIX),
+            &segment.index.encode(),
+        )
+        .context(place, || "writing an offset index".into())?;
+        dir.write_atomic(
+            &segment::file_name(base, TIME_INDEX_SUFFIX),
+            &segment.time_index.encode(),
+        )
+        .context(place, || "writing a time index".into())
+    }
+
+    pub fn config(&self) -> &LogConfig {
+        &self.config
+    }
+
+    /// fsyncs of segment data since open.
+    pub fn sync_count(&self) -> u64 {
+        self.sync_count.load(Ordering::Relaxed)
+    }
+
+    /// Number of segments, for tests and metrics.
+    pub fn segment_count(&self) -> usize {
+        self.state.read().segments.len()
+    }
+
+    /// Total bytes of segment data.
+    pub fn size_bytes(&self) -> u64 {
+        self.state.read().segments.values().map(|s| s.size).sum()
+    }
+
+    fn persist_epochs(&self, state: &LogState<D::File>) -> Result<()> {
+        self.dir
+            .write_atomic(EPOCH_FILE, state.epochs.encode().as_bytes())
+            .context(&self.place, || "writing the epoch checkpoint".into())
+    }
+
+    /// Validates the batches of an append without touching the log.
+    fn validate_batches(&self, batches: &[u8]) -> Result<Vec<(usize, BatchHeader)>> {
+        if batches.is_empty() {
+            return Err(StorageError::EmptyAppend);
+        }
+        let mut headers = Vec::new();
+        let mut position = 0;
+        while position < batches.len() {
+            let rest = &batches[position..];
+            if let Some((_, size)) = batch::peek_size(rest) {
+                if size > self.config.max_batch_bytes as i64 {
+                    return Err(StorageError::BatchTooLarge {
+                        size: size as usize,
+                        max: self.config.max_batch_bytes,
+                    });
+                }
+            }
+            let header = batch::validate(rest)
+                .map_err(|source| StorageError::InvalidBatch { position, source })?;
+            headers.push((position, header));
+            position += header.size() as usize;
+        }
+        Ok(headers)
+    }
+
+    /// Writes one batch at the end of the log, rolling first if the active segment is full.
+    fn append_one(
+        &self,
+        state: &mut LogState<D::File>,
+        bytes: &[u8],
+        header: &BatchHeader,
+    ) -> Result<()> {
+        let now = self.clock.now_ms();
+        let active = state.active();
+        let full = active.size + bytes.len() as u64 > self.config.segment_bytes;
+        let old = active
+            .first_append_ms
+            .is_some_and(|first| now - first >= self.config.segment_ms);
+        if !active.is_empty() && (full || old || !active.fits_offsets(header)) {
+            self.roll(state)?;
+        }
+        if header.leader_epoch >= 0
+            && state
+                .epochs
+                .assign(header.leader_epoch, header.base_offset)?
+        {
+            self.persist_epochs(state)?;
+        }
+        let place = &self.place;
+        state
+            .active_mut()
+            .append(bytes, header, self.config.index_interval_bytes, now)
+            .context(place, || {
+                format!("appending at offset {}", header.base_offset)
+            })
+    }
+
+    /// Seals the active segment (synced, indexes written) and starts a new one at the log end.
+    fn roll(&self, state: &mut LogState<D::File>) -> Result<()> {
+        let place = &self.place;
+        let base = state.log_end_offset();
+        let active = state.active_mut();
+        active
+            .file
+            .sync_data()
+            .context(place, || "syncing a segment before rolling".into())?;
+        self.sync_count.fetch_add(1, Ordering::Relaxed);
+        active.seal();
+        Self::write_indexes(&self.dir, place, state.active())?;
+        let name = segment::file_name(base, LOG_SUFFIX);
+        let file = self
+            .dir
+            .create(&name)
+            .context(place, || format!("creating {name}"))?;
+        // The new segment's directory entry must be durable before data in it is counted as
+        // flushed: an fsync of the file alone does not persist its name.
+        self.dir
+            .sync()
+            .context(place, || "syncing the directory".into())?;
+        state
+            .segments
+            .insert(base, Segment::new(base, file, self.clock.now_ms()));
+        self.flushed_offset.fetch_max(base, Ordering::SeqCst);
+        Ok(())
+    }
+
+    /// Makes everything below `target` durable, sharing the fsync with concurrent callers.
+    fn flush_to(&self, target: i64) -> Result<i64> {
+        let flushed = self.flushed_offset.load(Ordering::SeqCst);
+        if flushed >= target {
+            return Ok(flushed);
+        }
+        let _guard = self.flush_lock.lock();
+        // Whoever held the lock may have synced past our target while we waited.
+        let flushed = self.flushed_offset.load(Ordering::SeqCst);
+        if flushed >= target {
+            return Ok(flushed);
+        }
+        let (file, log_end_offset) = {
+            let state = self.state.read();
+            (Arc::clone(&state.active().file), state.log_end_offset())
+        };
+        file.sync_data()
+            .context(&self.place, || "syncing the active segment".into())?;
+        self.sync_count.fetch_add(1, Ordering::Relaxed);
+        self.last_flush_ms
+            .store(self.clock.now_ms(), Ordering::SeqCst);
+        Ok(self
+            .flushed_offset
+            .fetch_max(log_end_offset, Ordering::SeqCst)
+            .max(log_end_offset))
+    }
+
+    fn after_append(&self, info: &AppendInfo) -> Result<()> {
+        match self.config.flush {
+            FlushPolicy::Always => self.flush_to(info.log_end_offset).map(|_| ()),
+            FlushPolicy::IntervalMs(_) => self.flush_if_due().map(|_| ()),
+            FlushPolicy::Never => Ok(()),
+        }
+    }
+
+    /// Cuts the log back to `offset` after a failed append, so that the log is as it was.
+    fn undo_append(&self, state: &mut LogState<D::File>, offset: i64) {
+        if let Err(e) = self.truncate_locked(state, offset) {
+            warn!(log = %self.place, offset, error = %e, "could not undo a failed append");
+        }
+    }
+
+    fn truncate_locked(&self, state: &mut LogState<D::File>, offset: i64) -> Result<()> {
+        let place = &self.place;
+        // The segment holding `offset` becomes the active one; every later segment goes.
+        let keep = state
+            .segments
+            .range(..=offset)
+            .next_back()
+            .or_else(|| state.segments.iter().next())
+            .map(|(base, _)| *base)
+            .expect("a log always has a segment");
+        let later: Vec<i64> = state.segments.range(keep + 1..).map(|(b, _)| *b).collect();
+        if !later.is_empty() {
+            for base in later {
+                state.segments.remove(&base);
+                Self::remove_segment_files(&self.dir, place, base)?;
+            }
+            self.dir
+                .sync()
+                .context(place, || "syncing the directory".into())?;
+        }
+        let interval = self.config.index_interval_bytes;
+        let active = state.active_mut();
+        let removed = active
+            .truncate_to(offset, interval)
+            .context(place, || format!("truncating to offset {offset}"))?;
+        let log_end_offset = state.log_end_offset();
+        if removed > 0 {
+            info!(log = %place, offset, log_end_offset, bytes = removed, "truncated the log");
+        }
+        if state.epochs.truncate_from_end(log_end_offset) {
+            self.persist_epochs(state)?;
+        }
+        state.log_start_offset = state.log_start_offset.min(log_end_offset);
+        state.high_watermark = state.high_watermark.min(log_end_offset);
+        let flushed = self.flushed_offset.load(Ordering::SeqCst);
+        self.flushed_offset
+            .store(flushed.min(log_end_offset), Ordering::SeqCst);
+        state.check_invariants();
+        Ok(())
+    }
+
+    fn out_of_range(state: &LogState<D::File>, offset: i64) -> StorageError {
+        StorageError::OffsetOutOfRange {
+            offset,
+            log_start_offset: state.log_start_offset,
+            log_end_offset: state.log_end_offset(),
+        }
+    }
+
+    /// The directory, for the simulator's crashes and for tests.
+    pub fn dir(&self) -> &D {
+        &self.dir
+    }
+}
+
+impl<D: Directory> Log for SegmentedLog<D> {
+    fn append_as_leader(&self, batches: &mut [u8], leader_epoch: i32) -> Result<AppendInfo> {
+        assert!(leader_epoch >= 0, "a leader's epoch is never negative");
+        let headers = self.validate_batches(batches)?;
+        for (position, header) in &headers {
+            if header.record_count < 1 || header.last_offset_delta != header.record_count - 1 {
+                return Err(StorageError::InvalidBatch {
+                    position: *position,
+                    source: BatchError::BadRecordCount {
+                        count: header.record_count,
+                        last_offset_delta: header.last_offset_delta,
+                    },
+                });
+            }
+        }
+        let info = {
+            let mut state = self.state.write();
+            if let Some(latest) = state.epochs.latest() {
+                if leader_epoch < latest.epoch {
+                    return Err(crate::epoch::NonMonotonicEpoch {
+                        epoch: leader_epoch,
+                        start_offset: state.log_end_offset(),
+                        latest_epoch: latest.epoch,
+                        latest_start_offset: latest.start_offset,
+                    }
+                    .into());
+                }
+            }
+            let first_offset = state.log_end_offset();
+            let mut offset = first_offset;
+            let mut record_count = 0;
+            for (position, header) in &headers {
+                let size = header.size() as usize;
+                let bytes = &mut batches[*position..*position + size];
+                batch::set_base_offset(bytes, offset);
+                batch::set_leader_epoch(bytes, leader_epoch);
+                let mut header = *header;
+                header.base_offset = offset;
+                header.leader_epoch = leader_epoch;
+                if let Err(e) = self.append_one(&mut state, bytes, &header) {
+                    self.undo_append(&mut state, first_offset);
+                    return Err(e);
+                }
+                offset = header.next_offset();
+                record_count += header.record_count as i64;
+            }
+            AppendInfo {
+                first_offset,
+                last_offset: offset - 1,
+                batch_count: headers.len(),
+                record_count,
+                bytes: batches.len(),
+                log_end_offset: offset,
+            }
+        };
+        self.after_append(&info)?;
+        Ok(info)
+    }
+
+    fn append_replicated(&self, batches: &[u8]) -> Result<AppendInfo> {
+        let headers = self.validate_batches(batches)?;
+        let info = {
+            let mut state = self.state.write();
+            let first_offset = state.log_end_offset();
+            let mut expected = first_offset;
+            let mut latest_epoch = state.epochs.latest();
+            for (_, header) in &headers {
+                if header.base_offset != expected {
+                    return Err(StorageError::NonContiguous {
+                        expected,
+                        got: header.base_offset,
+                    });
+                }
+                if let Some(latest) = latest_epoch {
+                    if header.leader_epoch < latest.epoch {
+                        return Err(crate::epoch::NonMonotonicEpoch {
+                            epoch: header.leader_epoch,
+                            start_offset: header.base_offset,
+                            latest_epoch: latest.epoch,
+                            latest_start_offset: latest.start_offset,
+                        }
+                        .into());
+                    }
+                }
+                if header.leader_epoch >= 0
+                    && latest_epoch.is_none_or(|l| header.leader_epoch > l.epoch)
+                {
+                    latest_epoch = Some(EpochEntry {
+                        epoch: header.leader_epoch,
+                        start_offset: header.base_offset,
+                    });
+                }
+                expected = header.next_offset();
+            }
+            let mut record_count = 0;
+            for (position, header) in &headers {
+                let bytes = &batches[*position..*position + header.size() as usize];
+                if let Err(e) = self.append_one(&mut state, bytes, header) {
+                    self.undo_append(&mut state, first_offset);
+                    return Err(e);
+                }
+                record_count += header.record_count as i64;
+            }
+            AppendInfo {
+                first_offset,
+                last_offset: expected - 1,
+                batch_count: headers.len(),
+                record_count,
+                bytes: batches.len(),
+                log_end_offset: expected,
+            }
+        };
+        self.after_append(&info)?;
+        Ok(info)
+    }
+
+    fn read(&self, offset: i64, max_bytes: usize) -> Result<Bytes> {
+        let state = self.state.read();
+        let log_end_offset = state.log_end_offset();
+        if offset < state.log_start_offset || offset > log_end_offset {
+            return Err(Self::out_of_range(&state, offset));
+        }
+        let start = state
+            .segments
+            .range(..=offset)
+            .next_back()
+            .map_or(i64::MIN, |(b, _)| *b);
+        for segment in state.segments.range(start..).map(|(_, s)| s) {
+            let found = segment
+                .locate(offset)
+                .context(&self.place, || format!("locating offset {offset}"))?;
+            if let Some((position, _)) = found {
+                return segment
+                    .read(position, max_bytes)
+                    .context(&self.place, || format!("reading at offset {offset}"));
+            }
+        }
+        Ok(Bytes::new())
+    }
+
+    fn offsets(&self) -> LogOffsets {
+        let state = self.state.read();
+        LogOffsets {
+            log_start_offset: state.log_start_offset,
+            log_end_offset: state.log_end_offset(),
+            flushed_offset: self
+                .flushed_offset
+                .load(Ordering::SeqCst)
+                .min(state.log_end_offset()),
+            high_watermark: state.high_watermark,
+        }
+    }
+
+    fn flush(&self) -> Result<i64> {
+        let log_end_offset = self.state.read().log_end_offset();
+        self.flush_to(log_end_offset)
+    }
+
+    fn flush_if_due(&self) -> Result<i64> {
+        if let FlushPolicy::IntervalMs(interval) = self.config.flush {
+            let since = self.clock.now_ms() - self.last_flush_ms.load(Ordering::SeqCst);
+            if since >= interval {
+                return self.flush();
+            }
+        }
+        Ok(self.flushed_offset.load(Ordering::SeqCst))
+    }
+
+    fn truncate_to(&self, offset: i64) -> Result<()> {
+        let _guard = self.flush_lock.lock();
+        let mut state = self.state.write();
+        if offset >= state.log_end_offset() {
+            return Ok(());
+        }
+        if offset < state.log_start_offset {
+            drop(state);
+            drop(_guard);
+            return self.truncate_fully_and_start_at(offset.max(0));
+        }
+        self.truncate_locked(&mut state, offset)
+    }
+
+    fn truncate_fully_and_start_at(&self, offset: i64) -> Result<()> {
+        assert!(offset >= 0, "offsets are never negative");
+        let _guard = self.flush_lock.lock();
+        let mut state = self.state.write();
+        let place = &self.place;
+        // The new start is recorded first: a crash in the middle reopens an empty log there.
+        self.dir
+            .write_atomic(LOG_START_FILE, format!("{offset}\n").as_bytes())
+            .context(place, || "writing the log start checkpoint".into())?;
+        let bases: Vec<i64> = state.segments.keys().copied().collect();
+        for base in bases {
+            state.segments.remove(&base);
+            Self::remove_segment_files(&self.dir, place, base)?;
+        }
+        let name = segment::file_name(offset, LOG_SUFFIX);
+        let file = self
+            .dir
+            .create(&name)
+            .context(place, || format!("creating {name}"))?;
+        self.dir
+            .sync()
+            .context(place, || "syncing the directory".into())?;
+        state
+            .segments
+            .insert(offset, Segment::new(offset, file, self.clock.now_ms()));
+        state.log_start_offset = offset;
+        state.high_watermark = offset;
+        state.epochs = EpochCache::new();
+        self.persist_epochs(&state)?;
+        self.flushed_offset.store(offset, Ordering::SeqCst);
+        info!(log = %place, offset, "emptied the log; it now starts at {offset}");
+        state.check_invariants();
+        Ok(())
+    }
+
+    fn advance_log_start(&self, offset: i64) -> Result<()> {
+        let mut state = self.state.write();
+        if offset <= state.log_start_offset {
+            return Ok(());
+        }
+        if offset > state.log_end_offset() {
+            return Err(Self::out_of_range(&state, offset));
+        }
+        let place = &self.place;
+        self.dir
+            .write_atomic(LOG_START_FILE, format!("{offset}\n").as_bytes())
+            .context(place, || "writing the log start checkpoint".into())?;
+        let active_base = state.active().base_offset;
+        let below: Vec<i64> = state
+            .segments
+            .values()
+            .filter(|s| s.next_offset <= offset && s.base_offset != active_base)
+            .map(|s| s.base_offset)
+            .collect();
+        for base in below {
+            state.segments.remove(&base);
+            Self::remove_segment_files(&self.dir, place, base)?;
+        }
+        state.log_start_offset = offset;
+        state.high_watermark = state.high_watermark.max(offset);
+        if state.epochs.truncate_from_start(offset) {
+            self.persist_epochs(&state)?;
+        }
+        state.check_invariants();
+        Ok(())
+    }
+
+    fn apply_retention(&self, upper_bound: i64) -> Result<RetentionOutcome> {
+        let now = self.clock.now_ms();
+        let mut state = self.state.write();
+        let upper_bound = upper_bound.min(state.log_end_offset());
+        let active_base = state.active().base_offset;
+        let mut total: u64 = state.segments.values().map(|s| s.size).sum();
+        let mut doomed = Vec::new();
+        for segment in state.segments.values() {
+            if segment.base_offset == active_base || segment.next_offset > upper_bound {
+                break;
+            }
+            let by_size = self
+                .config
+                .retention_bytes
+                .is_some_and(|limit| total - segment.size >= limit);
+            let by_age = self
+                .config
+                .retention_ms
+                .is_some_and(|limit| now - segment.newest_ms() > limit);
+            if !(by_size || by_age) {
+                break;
+            }
+            total -= segment.size;
+            doomed.push((segment.base_offset, segment.size));
+        }
+        let mut outcome = RetentionOutcome {
+            log_start_offset: state.log_start_offset,
+            ..RetentionOutcome::default()
+        };
+        if doomed.is_empty() {
+            return Ok(outcome);
+        }
+        for (base, size) in &doomed {
+            state.segments.remove(base);
+            Self::remove_segment_files(&self.dir, &self.place, *base)?;
+            outcome.segments_deleted += 1;
+            outcome.bytes_deleted += size;
+        }
+        self.dir
+            .sync()
+            .context(&self.place, || "syncing the directory".into())?;
+        let first_base = *state
+            .segments
+            .keys()
+            .next()
+            .expect("the active segment stays");
+        state.log_start_offset = state.log_start_offset.max(first_base);
+        state.high_watermark = state.high_watermark.max(state.log_start_offset);
+        let log_start_offset = state.log_start_offset;
+        if state.epochs.truncate_from_start(log_start_offset) {
+            self.persist_epochs(&state)?;
+        }
+        outcome.log_start_offset = log_start_offset;
+        info!(log = %self.place, segments = outcome.segments_deleted, bytes = outcome.bytes_deleted,
+            log_start_offset, "retention deleted segments");
+        state.check_invariants();
+        Ok(outcome)
+    }
+
+    fn offset_for_timestamp(&self, timestamp: i64) -> Result<Option<(i64, i64)>> {
+        let state = self.state.read();
+        let log_start = state.log_start_offset;
+        let place = &self.place;
+        for segment in state.segments.values() {
+            if segment.max_timestamp < timestamp || segment.next_offset <= log_start {
+                continue;
+            }
+            let from = segment
+                .time_index
+                .last_below(timestamp)
+                .map_or(segment.base_offset, |e| {
+                    segment.base_offset + e.relative_offset as i64
+                })
+                .max(log_start);
+            let Some((mut position, _)) = segment
+                .locate(from)
+                .context(place, || format!("locating offset {from}"))?
+            else {
+                continue;
+            };
+            while position < segment.size {
+                let header = segment
+                    .read_header(position)
+                    .context(place, || "reading a batch header".into())?;
+                if header.max_timestamp >= timestamp && header.next_offset() > log_start {
+                    let bytes = segment
+                        .read(position, header.size() as usize)
+                        .context(place, || "reading a batch".into())?;
+                    if let Ok(records) = batch::decode_records(&bytes) {
+                        for record in records {
+                            let offset = header.base_offset + record.offset_delta as i64;
+                            let ts = header.base_timestamp + record.timestamp_delta;
+                            if ts >= timestamp && offset >= log_start {
+                                return Ok(Some((offset, ts)));
+                            }
+                        }
+                    }
+                    // Compressed: the batch is the finest grain without decompressing.
+                    return Ok(Some((
+                        header.base_offset.max(log_start),
+                        header.max_timestamp,
+                    )));
+                }
+                position += header.size() as u64;
+            }
+        }
+        Ok(None)
+    }
+
+    fn assign_epoch(&self, epoch: i32) -> Result<()> {
+        let mut state = self.state.write();
+        let log_end_offset = state.log_end_offset();
+        if state.epochs.assign(epoch, log_end_offset)? {
+            self.persist_epochs(&state)?;
+        }
+        Ok(())
+    }
+
+    fn epochs(&self) -> Vec<EpochEntry> {
+        self.state.read().epochs.entries().to_vec()
+    }
+
+    fn latest_epoch(&self) -> Option<i32> {
+        self.state.read().epochs.latest_epoch()
+    }
+
+    fn end_offset_for_epoch(&self, epoch: i32) -> Option<EpochEntry> {
+        let state = self.state.read();
+        state.epochs.end_offset_for(epoch, state.log_end_offset())
+    }
+
+    fn checkpoint_high_watermark(&self, high_watermark: i64) -> Result<()> {
+        let mut state = self.state.write();
+        if high_watermark < state.log_start_offset || high_watermark > state.log_end_offset() {
+            return Err(Self::out_of_range(&state, high_watermark));
+        }
+        self.dir
+            .write_atomic(
+                HIGH_WATERMARK_FILE,
+                format!("{high_watermark}\n").as_bytes(),
+            )
+            .context(&self.place, || "writing the HW checkpoint".into())?;
+        state.high_watermark = high_watermark;
+        Ok(())
+    }
+
+    fn close(&self) -> Result<()> {
+        self.flush().map(|_| ())
+    }
+}
