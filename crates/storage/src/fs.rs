@@ -174,6 +174,8 @@ impl Directory for OsDir {
 #[derive(Clone, Default)]
 pub struct MemDir {
     state: Arc<Mutex<MemDirState>>,
+    /// Bytes that writes may still add before the "disk" is full; `None` for unlimited.
+    space_left: Arc<Mutex<Option<u64>>>,
 }
 
 #[derive(Default)]
@@ -188,6 +190,7 @@ struct MemDirState {
 #[derive(Clone, Default)]
 pub struct MemFile {
     content: Arc<Mutex<MemFileContent>>,
+    space_left: Arc<Mutex<Option<u64>>>,
 }
 
 #[derive(Default)]
@@ -206,7 +209,7 @@ impl MemFileContent {
 }
 
 impl MemFile {
-    fn with_data(data: Vec<u8>) -> MemFile {
+    fn with_data(data: Vec<u8>, space_left: Arc<Mutex<Option<u64>>>) -> MemFile {
         let len = data.len();
         MemFile {
             content: Arc::new(Mutex::new(MemFileContent {
@@ -214,6 +217,7 @@ impl MemFile {
                 data,
                 dirty_from: len,
             })),
+            space_left,
         }
     }
 }
@@ -226,12 +230,30 @@ impl SegmentFile for MemFile {
     fn write_at(&self, pos: u64, data: &[u8]) -> io::Result<()> {
         let mut c = self.content.lock();
         let pos = pos as usize;
+        let mut data = data;
+        let mut full = false;
+        if let Some(space) = self.space_left.lock().as_mut() {
+            let growth = (pos + data.len()).saturating_sub(c.data.len()) as u64;
+            if growth > *space {
+                // Like a real file system: what fits is written, then the write fails.
+                let fits = data.len() - (growth - *space) as usize;
+                data = &data[..fits];
+                full = true;
+            }
+            *space -= (pos + data.len()).saturating_sub(c.data.len()) as u64;
+        }
         let end = pos + data.len();
         if c.data.len() < end {
             c.data.resize(end, 0);
         }
         c.data[pos..end].copy_from_slice(data);
         c.mark_dirty(pos);
+        if full {
+            return Err(io::Error::new(
+                io::ErrorKind::StorageFull,
+                "no space left on device",
+            ));
+        }
         Ok(())
     }
 
@@ -249,6 +271,9 @@ impl SegmentFile for MemFile {
     fn set_len(&self, len: u64) -> io::Result<()> {
         let mut c = self.content.lock();
         let len = len as usize;
+        if let Some(space) = self.space_left.lock().as_mut() {
+            *space += c.data.len().saturating_sub(len) as u64;
+        }
         c.data.resize(len, 0);
         c.mark_dirty(len);
         Ok(())
@@ -300,6 +325,11 @@ impl MemDir {
         }
     }
 
+    /// Limits how many more bytes writes may add (`None`: unlimited), to simulate a full disk.
+    pub fn set_space_left(&self, bytes: Option<u64>) {
+        *self.space_left.lock() = bytes;
+    }
+
     /// A crash that loses everything not synced.
     pub fn crash_clean_cut(&self) {
         self.crash(&mut |_, _| 0);
@@ -341,7 +371,10 @@ impl Directory for MemDir {
     }
 
     fn create(&self, name: &str) -> io::Result<MemFile> {
-        let file = MemFile::default();
+        let file = MemFile {
+            space_left: Arc::clone(&self.space_left),
+            ..MemFile::default()
+        };
         self.state
             .lock()
             .entries
@@ -374,7 +407,15 @@ impl Directory for MemDir {
 
     fn write_atomic(&self, name: &str, data: &[u8]) -> io::Result<()> {
         let mut state = self.state.lock();
-        let file = MemFile::with_data(data.to_vec());
+        if let Some(space) = *self.space_left.lock() {
+            if data.len() as u64 > space {
+                return Err(io::Error::new(
+                    io::ErrorKind::StorageFull,
+                    "no space left on device",
+                ));
+            }
+        }
+        let file = MemFile::with_data(data.to_vec(), Arc::clone(&self.space_left));
         state.entries.insert(name.to_string(), file.clone());
         state.durable_entries.insert(name.to_string(), file);
         Ok(())

@@ -315,6 +315,7 @@ impl<D: Directory> SegmentedLog<D> {
         let interval = config.index_interval_bytes;
         let mut segments: BTreeMap<i64, Segment<D::File>> = BTreeMap::new();
         let mut damaged = false;
+        let mut last_batch_epoch: Option<i32> = None;
         for (i, &base) in bases.iter().enumerate() {
             let log_name = segment::file_name(base, LOG_SUFFIX);
             if damaged {
@@ -335,10 +336,33 @@ impl<D: Directory> SegmentedLog<D> {
                 .open(&log_name)
                 .context(&place, || format!("opening {log_name}"))?;
             let is_last = i + 1 == bases.len();
-            let mut note_epoch = |h: &BatchHeader| {
-                if h.leader_epoch >= 0 && epochs.latest_epoch().is_none_or(|e| h.leader_epoch > e) {
-                    let _ = epochs.assign(h.leader_epoch, h.base_offset);
+            // Epochs lie outside the CRC, so they are checked against the epoch checkpoint
+            // (written before any batch of a new epoch) and for going backwards.
+            let mut note_epoch = |h: &BatchHeader| -> std::result::Result<(), String> {
+                if let Some(expected) = saved_epochs
+                    .as_ref()
+                    .and_then(|c| c.epoch_for_offset(h.base_offset))
+                {
+                    if expected != h.leader_epoch {
+                        return Err(format!(
+                            "batch has leader epoch {}, but the epoch checkpoint says {expected}",
+                            h.leader_epoch
+                        ));
+                    }
                 }
+                if last_batch_epoch.is_some_and(|previous| h.leader_epoch < previous) {
+                    return Err(format!(
+                        "batch has leader epoch {}, older than the batch before it ({:?})",
+                        h.leader_epoch, last_batch_epoch
+                    ));
+                }
+                last_batch_epoch = Some(h.leader_epoch);
+                if h.leader_epoch >= 0 && epochs.latest_epoch().is_none_or(|e| h.leader_epoch > e) {
+                    epochs
+                        .assign(h.leader_epoch, h.base_offset)
+                        .map_err(|e| e.to_string())?;
+                }
+                Ok(())
             };
             let (segment, damage) = if is_last || rebuild_epochs {
                 // The active segment may hold a torn or unsynced tail: check every byte.
@@ -546,13 +570,17 @@ impl<D: Directory> SegmentedLog<D> {
         let mut position = 0;
         while position < batches.len() {
             let rest = &batches[position..];
-            if let Some((_, size)) = batch::peek_size(rest) {
-                if size > self.config.max_batch_bytes as i64 {
-                    return Err(StorageError::BatchTooLarge {
-                        size: size as usize,
-                        max: self.config.max_batch_bytes,
-                    });
-                }
+            let invalid = |source| StorageError::InvalidBatch { position, source };
+            // Magic first: garbage should read as garbage, not as a huge batch.
+            let header = BatchHeader::parse(rest).map_err(invalid)?;
+            if header.magic != batch::MAGIC_V2 {
+                return Err(invalid(BatchError::BadMagic(header.magic)));
+            }
+            if header.size() > self.config.max_batch_bytes as i64 {
+                return Err(StorageError::BatchTooLarge {
+                    size: header.size().max(0) as usize,
+                    max: self.config.max_batch_bytes,
+                });
             }
             let header = batch::validate(rest)
                 .map_err(|source| StorageError::InvalidBatch { position, source })?;

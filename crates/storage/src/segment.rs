@@ -216,15 +216,16 @@ impl<F: SegmentFile> Segment<F> {
     }
 
     /// Rebuilds the segment by scanning its file from the start, validating every batch
-    /// (CRC included when `check_crc`). Stops at the first bad batch and reports it; the
-    /// segment then covers only the intact prefix, and the caller decides whether to cut.
+    /// (CRC included when `check_crc`, and whatever `check_batch` adds, such as epochs).
+    /// Stops at the first bad batch and reports it; the segment then covers only the intact
+    /// prefix, and the caller decides whether to cut.
     pub fn scan(
         base_offset: i64,
         file: F,
         index_interval_bytes: u64,
         check_crc: bool,
         now_ms: i64,
-        mut on_batch: impl FnMut(&BatchHeader),
+        mut check_batch: impl FnMut(&BatchHeader) -> Result<(), String>,
     ) -> io::Result<(Segment<F>, Option<Damage>)> {
         let mut segment = Segment::new(base_offset, file, now_ms);
         let file_len = segment.file.len()?;
@@ -232,10 +233,16 @@ impl<F: SegmentFile> Segment<F> {
         let damage = loop {
             match scanner.next(&*segment.file, segment.next_offset, check_crc)? {
                 ScanStep::End => break None,
-                ScanStep::Batch(header) => {
-                    segment.track(&header, index_interval_bytes);
-                    on_batch(&header);
-                }
+                ScanStep::Batch(header) => match check_batch(&header) {
+                    Ok(()) => segment.track(&header, index_interval_bytes),
+                    Err(reason) => {
+                        break Some(Damage {
+                            position: segment.size,
+                            offset: segment.next_offset,
+                            reason,
+                        })
+                    }
+                },
                 ScanStep::Bad(reason) => {
                     break Some(Damage {
                         position: segment.size,

@@ -1,0 +1,544 @@
+//! The `Log` contract, checked the same way against both implementations: the on-disk log
+//! (real files in a temporary directory) and the in-memory log of the simulator.
+
+mod common;
+
+use common::{batch, read_all, sized_batch, DiskHarness, Harness, MemHarness};
+use tandem_storage::batch::{self as batches, BatchError};
+use tandem_storage::{Clock, FlushPolicy, Log, LogConfig, StorageError};
+
+fn small_segments() -> LogConfig {
+    LogConfig {
+        segment_bytes: 1024,
+        index_interval_bytes: 128,
+        ..LogConfig::default()
+    }
+}
+
+fn append_assigns_offsets_and_reads_them_back(h: &impl Harness) {
+    let log = h.open(LogConfig::default());
+    assert_eq!((log.log_start_offset(), log.log_end_offset()), (0, 0));
+    let mut a = batch("a", 3, 10);
+    let info = log.append_as_leader(&mut a, 1).unwrap();
+    assert_eq!(
+        (info.first_offset, info.last_offset, info.record_count),
+        (0, 2, 3)
+    );
+    let mut b = batch("b", 2, 20);
+    assert_eq!(log.append_as_leader(&mut b, 1).unwrap().first_offset, 3);
+    assert_eq!(log.log_end_offset(), 5);
+    // The caller's buffer now carries the assigned offset and epoch, and still checks out.
+    let header = batches::validate(&b).unwrap();
+    assert_eq!((header.base_offset, header.leader_epoch), (3, 1));
+
+    let all = read_all(&log);
+    assert_eq!(all.len(), 2);
+    assert_eq!(&all[1].1[..], &b[..], "stored verbatim");
+    // A read from inside a batch starts with the batch that holds the offset.
+    let from_4 = log.read(4, 1 << 20).unwrap();
+    assert_eq!(batches::validate(&from_4).unwrap().base_offset, 3);
+    assert!(
+        log.read(5, 1 << 20).unwrap().is_empty(),
+        "reading at the end gives nothing"
+    );
+    for bad in [-1, 6, 100] {
+        assert!(
+            matches!(log.read(bad, 100), Err(StorageError::OffsetOutOfRange { offset, .. }) if offset == bad)
+        );
+    }
+}
+
+fn read_respects_max_bytes_but_returns_at_least_one_batch(h: &impl Harness) {
+    let log = h.open(LogConfig::default());
+    let mut sizes = Vec::new();
+    for i in 0..5 {
+        let mut b = sized_batch(100, i);
+        sizes.push(b.len());
+        log.append_as_leader(&mut b, 0).unwrap();
+    }
+    assert_eq!(
+        log.read(0, 1).unwrap().len(),
+        sizes[0],
+        "one batch even if larger than max"
+    );
+    assert_eq!(
+        log.read(0, sizes[0] * 2 + 5).unwrap().len(),
+        sizes[0] * 2,
+        "whole batches only"
+    );
+    assert_eq!(
+        log.read(0, 1 << 20).unwrap().len(),
+        sizes.iter().sum::<usize>()
+    );
+}
+
+fn replicated_appends_keep_offsets_and_must_be_contiguous(h: &impl Harness) {
+    let leader = MemHarness::new().open(LogConfig::default());
+    let mut b = batch("x", 4, 0);
+    leader.append_as_leader(&mut b, 3).unwrap();
+    let mut c = batch("y", 2, 0);
+    leader.append_as_leader(&mut c, 4).unwrap();
+    let fetched = leader.read(0, 1 << 20).unwrap();
+
+    let follower = h.open(LogConfig::default());
+    let info = follower.append_replicated(&fetched).unwrap();
+    assert_eq!(
+        (info.first_offset, info.last_offset, info.batch_count),
+        (0, 5, 2)
+    );
+    assert_eq!(follower.read(0, 1 << 20).unwrap(), fetched, "byte for byte");
+    assert_eq!(follower.epochs(), leader.epochs());
+    // A gap, or data the follower already has, is refused and changes nothing.
+    let err = follower.append_replicated(&fetched).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            StorageError::NonContiguous {
+                expected: 6,
+                got: 0
+            }
+        ),
+        "{err}"
+    );
+    assert_eq!(follower.log_end_offset(), 6);
+}
+
+fn epochs_are_recorded_and_never_go_back(h: &impl Harness) {
+    let log = h.open(LogConfig::default());
+    log.append_as_leader(&mut batch("a", 2, 0), 1).unwrap();
+    log.assign_epoch(3).unwrap();
+    log.append_as_leader(&mut batch("b", 2, 0), 3).unwrap();
+    log.append_as_leader(&mut batch("c", 2, 0), 5).unwrap();
+    let epochs: Vec<_> = log
+        .epochs()
+        .iter()
+        .map(|e| (e.epoch, e.start_offset))
+        .collect();
+    assert_eq!(epochs, vec![(1, 0), (3, 2), (5, 4)]);
+    let err = log
+        .append_as_leader(&mut batch("old", 1, 0), 4)
+        .unwrap_err();
+    assert!(matches!(err, StorageError::NonMonotonicEpoch(_)), "{err}");
+    assert!(log.assign_epoch(2).is_err());
+    assert_eq!(log.log_end_offset(), 6, "a refused append writes nothing");
+    let q = |e| {
+        log.end_offset_for_epoch(e)
+            .map(|x| (x.epoch, x.start_offset))
+    };
+    assert_eq!(q(5), Some((5, 6)));
+    assert_eq!(q(4), Some((3, 4)));
+    assert_eq!(q(1), Some((1, 2)));
+    assert_eq!(q(9), None);
+    drop(log);
+    let log = h.open(LogConfig::default());
+    assert_eq!(log.epochs().len(), 3, "the epoch cache survives a reopen");
+}
+
+fn segments_roll_by_size_and_by_age(h: &impl Harness) {
+    let log = h.open(small_segments());
+    for i in 0..20 {
+        log.append_as_leader(&mut sized_batch(200, i), 0).unwrap();
+    }
+    let by_size = log.segment_count();
+    assert!(
+        by_size >= 5,
+        "20 batches of ~270 bytes in 1 KiB segments: {by_size} segments"
+    );
+    let before = read_all(&log);
+    assert_eq!(before.len(), 20);
+
+    let config = LogConfig {
+        segment_ms: 60_000,
+        ..LogConfig::default()
+    };
+    drop(log);
+    let log = h.open(config.clone());
+    log.append_as_leader(&mut sized_batch(10, 0), 0).unwrap();
+    h.clock().advance(59_999);
+    log.append_as_leader(&mut sized_batch(10, 0), 0).unwrap();
+    assert_eq!(
+        log.segment_count(),
+        by_size,
+        "younger than segment_ms: no roll"
+    );
+    h.clock().advance(1);
+    log.append_as_leader(&mut sized_batch(10, 0), 0).unwrap();
+    assert_eq!(log.segment_count(), by_size + 1, "rolled by age");
+    let all = read_all(&log);
+    assert_eq!(all.len(), 23);
+    assert_eq!(&all[..20], &before[..], "rolling changes no data");
+    drop(log);
+    assert_eq!(read_all(&h.open(config)), all, "and reopening neither");
+}
+
+fn truncation_drops_whole_batches_and_persists(h: &impl Harness) {
+    let log = h.open(small_segments());
+    for i in 0..12 {
+        log.append_as_leader(&mut batch("v", 3, i), (i / 4) as i32)
+            .unwrap();
+    }
+    assert_eq!(log.log_end_offset(), 36);
+    let all = read_all(&log);
+    // Offset 20 is inside the batch 18..=20: that whole batch goes.
+    log.truncate_to(20).unwrap();
+    assert_eq!(log.log_end_offset(), 18);
+    assert_eq!(read_all(&log), all[..6].to_vec());
+    let epochs: Vec<_> = log
+        .epochs()
+        .iter()
+        .map(|e| (e.epoch, e.start_offset))
+        .collect();
+    assert_eq!(
+        epochs,
+        vec![(0, 0), (1, 12)],
+        "epoch 2 started at 24: forgotten"
+    );
+    log.truncate_to(100).unwrap();
+    assert_eq!(
+        log.log_end_offset(),
+        18,
+        "truncating past the end is a no-op"
+    );
+    // Appends continue from the new end.
+    log.append_as_leader(&mut batch("w", 1, 0), 7).unwrap();
+    assert_eq!(log.log_end_offset(), 19);
+    drop(log);
+    let log = h.open(small_segments());
+    assert_eq!(log.log_end_offset(), 19, "the truncation is durable");
+    assert_eq!(read_all(&log)[..6].to_vec(), all[..6].to_vec());
+    log.truncate_to(0).unwrap();
+    assert_eq!((log.log_start_offset(), log.log_end_offset()), (0, 0));
+    assert!(log.epochs().is_empty());
+}
+
+fn truncate_fully_restarts_the_log_elsewhere(h: &impl Harness) {
+    let log = h.open(small_segments());
+    for i in 0..6 {
+        log.append_as_leader(&mut sized_batch(300, i), 2).unwrap();
+    }
+    log.truncate_fully_and_start_at(500).unwrap();
+    assert_eq!((log.log_start_offset(), log.log_end_offset()), (500, 500));
+    assert!(log.epochs().is_empty());
+    assert!(matches!(
+        log.read(0, 10),
+        Err(StorageError::OffsetOutOfRange { .. })
+    ));
+    drop(log);
+    let log = h.open(small_segments());
+    assert_eq!(
+        (
+            log.log_start_offset(),
+            log.log_end_offset(),
+            log.segment_count()
+        ),
+        (500, 500, 1)
+    );
+}
+
+fn retention_deletes_whole_old_segments_below_the_bound(h: &impl Harness) {
+    let config = LogConfig {
+        retention_bytes: Some(2048),
+        retention_ms: None,
+        ..small_segments()
+    };
+    let log = h.open(config);
+    for i in 0..30 {
+        log.append_as_leader(&mut sized_batch(200, i), 0).unwrap();
+    }
+    let total = log.size_bytes();
+    let all = read_all(&log);
+    assert_eq!(
+        log.apply_retention(0).unwrap().segments_deleted,
+        0,
+        "nothing below the bound"
+    );
+    let outcome = log.apply_retention(log.log_end_offset()).unwrap();
+    assert!(outcome.segments_deleted > 0);
+    assert!(log.size_bytes() >= 2048, "keeps at least retention_bytes");
+    assert!(
+        log.size_bytes() < 2048 + 1024,
+        "deletes whole segments until the next would go below"
+    );
+    assert_eq!(log.size_bytes(), total - outcome.bytes_deleted);
+    let start = log.log_start_offset();
+    assert_eq!(start, outcome.log_start_offset);
+    assert!(matches!(
+        log.read(start - 1, 10),
+        Err(StorageError::OffsetOutOfRange { .. })
+    ));
+    let rest = read_all(&log);
+    assert_eq!(
+        rest[..],
+        all[all.len() - rest.len()..],
+        "the newest batches stay"
+    );
+    assert_eq!(
+        rest[0].0.base_offset, start,
+        "segments deleted whole: the start is a batch start"
+    );
+
+    // By age: segments whose newest timestamp is older than retention_ms.
+    let config = LogConfig {
+        retention_bytes: None,
+        retention_ms: Some(1000),
+        ..small_segments()
+    };
+    drop(log);
+    let log = h.open(config);
+    let now = h.clock().now_ms();
+    for i in 0..10 {
+        log.append_as_leader(&mut sized_batch(300, now - 5000 + i), 0)
+            .unwrap();
+    }
+    for i in 0..4 {
+        log.append_as_leader(&mut sized_batch(300, now + i), 0)
+            .unwrap();
+    }
+    log.apply_retention(log.log_end_offset()).unwrap();
+    let kept = read_all(&log);
+    assert!(
+        kept.iter().all(|(h, _)| h.max_timestamp >= now - 5000),
+        "sanity"
+    );
+    assert!(
+        kept.len() >= 4 && kept.len() < 14,
+        "old segments went, new ones stayed: {}",
+        kept.len()
+    );
+    assert!(kept
+        .iter()
+        .rev()
+        .take(4)
+        .all(|(h, _)| h.max_timestamp >= now));
+}
+
+fn log_start_can_move_inside_a_segment(h: &impl Harness) {
+    let log = h.open(small_segments());
+    for i in 0..10 {
+        log.append_as_leader(&mut batch("v", 2, i), 1).unwrap();
+    }
+    log.advance_log_start(7).unwrap();
+    assert_eq!(log.log_start_offset(), 7);
+    assert!(matches!(
+        log.read(6, 10),
+        Err(StorageError::OffsetOutOfRange { .. })
+    ));
+    assert_eq!(
+        batches::validate(&log.read(7, 10).unwrap())
+            .unwrap()
+            .base_offset,
+        6,
+        "batch holding 7"
+    );
+    assert!(matches!(
+        log.advance_log_start(21),
+        Err(StorageError::OffsetOutOfRange { .. })
+    ));
+    log.advance_log_start(3).unwrap();
+    assert_eq!(log.log_start_offset(), 7, "never moves back");
+    drop(log);
+    let log = h.open(small_segments());
+    assert_eq!(log.log_start_offset(), 7, "checkpointed");
+    assert_eq!(log.epochs()[0].start_offset, 7);
+}
+
+fn offsets_are_found_by_timestamp(h: &impl Harness) {
+    let log = h.open(small_segments());
+    // Batches of 3 records at 1000, 1010, ... with records 1 ms apart.
+    for i in 0..20 {
+        log.append_as_leader(&mut batch("t", 3, 1000 + i * 10), 0)
+            .unwrap();
+    }
+    assert_eq!(log.offset_for_timestamp(0).unwrap(), Some((0, 1000)));
+    assert_eq!(log.offset_for_timestamp(1000).unwrap(), Some((0, 1000)));
+    assert_eq!(log.offset_for_timestamp(1001).unwrap(), Some((1, 1001)));
+    assert_eq!(
+        log.offset_for_timestamp(1003).unwrap(),
+        Some((3, 1010)),
+        "next batch"
+    );
+    assert_eq!(log.offset_for_timestamp(1152).unwrap(), Some((47, 1152)));
+    assert_eq!(
+        log.offset_for_timestamp(1193).unwrap(),
+        None,
+        "after everything"
+    );
+    drop(log);
+    let log = h.open(small_segments());
+    assert_eq!(
+        log.offset_for_timestamp(1152).unwrap(),
+        Some((47, 1152)),
+        "after reopen"
+    );
+}
+
+fn flush_policies_report_the_flushed_offset(h: &impl Harness) {
+    let log = h.open(LogConfig {
+        flush: FlushPolicy::Never,
+        ..LogConfig::default()
+    });
+    log.append_as_leader(&mut batch("a", 2, 0), 0).unwrap();
+    assert_eq!(log.flushed_offset(), 0);
+    assert_eq!(log.flush().unwrap(), 2);
+    assert_eq!(log.flushed_offset(), 2);
+    drop(log);
+
+    let log = h.open(LogConfig {
+        flush: FlushPolicy::Always,
+        ..LogConfig::default()
+    });
+    log.append_as_leader(&mut batch("b", 2, 0), 0).unwrap();
+    assert_eq!(
+        log.flushed_offset(),
+        4,
+        "always: durable before the append returns"
+    );
+    drop(log);
+
+    let log = h.open(LogConfig {
+        flush: FlushPolicy::IntervalMs(100),
+        ..LogConfig::default()
+    });
+    log.append_as_leader(&mut batch("c", 1, 0), 0).unwrap();
+    assert_eq!(log.flushed_offset(), 4);
+    assert_eq!(log.flush_if_due().unwrap(), 4, "not yet due");
+    h.clock().advance(100);
+    assert_eq!(log.flush_if_due().unwrap(), 5);
+    log.append_as_leader(&mut batch("d", 1, 0), 0).unwrap();
+    h.clock().advance(150);
+    log.append_as_leader(&mut batch("e", 1, 0), 0).unwrap();
+    assert_eq!(
+        log.flushed_offset(),
+        7,
+        "an append that finds the interval passed flushes"
+    );
+}
+
+fn high_watermark_checkpoint_survives_reopen(h: &impl Harness) {
+    let log = h.open(LogConfig::default());
+    log.append_as_leader(&mut batch("a", 5, 0), 0).unwrap();
+    assert_eq!(log.offsets().high_watermark, 0);
+    log.checkpoint_high_watermark(3).unwrap();
+    assert!(matches!(
+        log.checkpoint_high_watermark(6),
+        Err(StorageError::OffsetOutOfRange { .. })
+    ));
+    drop(log);
+    let log = h.open(LogConfig::default());
+    assert_eq!(log.offsets().high_watermark, 3);
+    assert_eq!(
+        log.log_end_offset(),
+        5,
+        "recovery never cuts to the high watermark"
+    );
+}
+
+fn bad_appends_are_typed_errors_and_change_nothing(h: &impl Harness) {
+    let log = h.open(LogConfig {
+        max_batch_bytes: 500,
+        ..LogConfig::default()
+    });
+    log.append_as_leader(&mut batch("ok", 1, 0), 0).unwrap();
+    let err = log
+        .append_as_leader(&mut sized_batch(600, 0), 0)
+        .unwrap_err();
+    assert!(
+        matches!(err, StorageError::BatchTooLarge { max: 500, .. }),
+        "{err}"
+    );
+    assert!(matches!(
+        log.append_as_leader(&mut [], 0),
+        Err(StorageError::EmptyAppend)
+    ));
+    let mut corrupt = batch("c", 2, 0);
+    let last = corrupt.len() - 1;
+    corrupt[last] ^= 1;
+    let err = log.append_as_leader(&mut corrupt, 0).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            StorageError::InvalidBatch {
+                source: BatchError::CrcMismatch { .. },
+                ..
+            }
+        ),
+        "{err}"
+    );
+    // A good batch followed by garbage: nothing of it is written.
+    let mut mixed = batch("good", 1, 0);
+    mixed.extend_from_slice(b"garbage that is not a batch at all, definitely not one, no.......");
+    let err = log.append_as_leader(&mut mixed, 0).unwrap_err();
+    assert!(
+        matches!(err, StorageError::InvalidBatch { position, .. } if position > 0),
+        "{err}"
+    );
+    let mut garbage = vec![0xffu8; 80];
+    assert!(log.append_replicated(&garbage).is_err());
+    assert!(log.append_as_leader(&mut garbage, 0).is_err());
+    assert_eq!(log.log_end_offset(), 1);
+    assert_eq!(read_all(&log).len(), 1);
+}
+
+fn reopen_gives_back_the_same_log(h: &impl Harness) {
+    let config = LogConfig {
+        index_interval_bytes: 64,
+        ..small_segments()
+    };
+    let log = h.open(config.clone());
+    for i in 0..40 {
+        log.append_as_leader(&mut batch("r", 1 + (i % 4) as usize, i), (i / 10) as i32)
+            .unwrap();
+    }
+    log.checkpoint_high_watermark(30).unwrap();
+    log.close().unwrap();
+    let before = (
+        read_all(&log),
+        log.offsets(),
+        log.epochs(),
+        log.segment_count(),
+    );
+    drop(log);
+    let log = h.open(config);
+    let after = (
+        read_all(&log),
+        log.offsets(),
+        log.epochs(),
+        log.segment_count(),
+    );
+    assert_eq!(before, after);
+    // Reads that go through the reloaded indexes land on the right batches.
+    for (header, bytes) in &before.0 {
+        for offset in header.base_offset..header.next_offset() {
+            let read = log.read(offset, 1).unwrap();
+            assert_eq!(&read, bytes, "offset {offset}");
+        }
+    }
+}
+
+macro_rules! conformance {
+    ($($case:ident),* $(,)?) => {
+        mod disk {
+            $( #[test] fn $case() { super::$case(&super::DiskHarness::new()) } )*
+        }
+        mod memory {
+            $( #[test] fn $case() { super::$case(&super::MemHarness::new()) } )*
+        }
+    };
+}
+
+conformance!(
+    append_assigns_offsets_and_reads_them_back,
+    read_respects_max_bytes_but_returns_at_least_one_batch,
+    replicated_appends_keep_offsets_and_must_be_contiguous,
+    epochs_are_recorded_and_never_go_back,
+    segments_roll_by_size_and_by_age,
+    truncation_drops_whole_batches_and_persists,
+    truncate_fully_restarts_the_log_elsewhere,
+    retention_deletes_whole_old_segments_below_the_bound,
+    log_start_can_move_inside_a_segment,
+    offsets_are_found_by_timestamp,
+    flush_policies_report_the_flushed_offset,
+    high_watermark_checkpoint_survives_reopen,
+    bad_appends_are_typed_errors_and_change_nothing,
+    reopen_gives_back_the_same_log,
+);
