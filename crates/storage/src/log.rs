@@ -446,6 +446,11 @@ impl<D: Directory> SegmentedLog<D> {
             .unwrap_or(first_base)
             .max(first_base)
             .min(log_end_offset);
+        if log_start_checkpoint.is_some_and(|c| c != log_start_offset) {
+            // Recovery cut below the recorded start: record where the log starts now.
+            dir.write_atomic(LOG_START_FILE, format!("{log_start_offset}\n").as_bytes())
+                .context(&place, || "writing the log start checkpoint".into())?;
+        }
         epochs.truncate_from_end(log_end_offset);
         epochs.truncate_from_start(log_start_offset);
         if saved_epochs.as_ref() != Some(&epochs) {
@@ -725,13 +730,23 @@ impl<D: Directory> SegmentedLog<D> {
         if state.epochs.truncate_from_end(log_end_offset) {
             self.persist_epochs(state)?;
         }
-        state.log_start_offset = state.log_start_offset.min(log_end_offset);
+        if state.log_start_offset > log_end_offset {
+            // The cut went below the start (into a batch that straddles it): the start follows.
+            state.log_start_offset = log_end_offset;
+            self.write_log_start(log_end_offset)?;
+        }
         state.high_watermark = state.high_watermark.min(log_end_offset);
         let flushed = self.flushed_offset.load(Ordering::SeqCst);
         self.flushed_offset
             .store(flushed.min(log_end_offset), Ordering::SeqCst);
         state.check_invariants();
         Ok(())
+    }
+
+    fn write_log_start(&self, offset: i64) -> Result<()> {
+        self.dir
+            .write_atomic(LOG_START_FILE, format!("{offset}\n").as_bytes())
+            .context(&self.place, || "writing the log start checkpoint".into())
     }
 
     fn out_of_range(state: &LogState<D::File>, offset: i64) -> StorageError {
@@ -936,9 +951,7 @@ impl<D: Directory> Log for SegmentedLog<D> {
         let mut state = self.state.write();
         let place = &self.place;
         // The new start is recorded first: a crash in the middle reopens an empty log there.
-        self.dir
-            .write_atomic(LOG_START_FILE, format!("{offset}\n").as_bytes())
-            .context(place, || "writing the log start checkpoint".into())?;
+        self.write_log_start(offset)?;
         let bases: Vec<i64> = state.segments.keys().copied().collect();
         for base in bases {
             state.segments.remove(&base);
@@ -974,9 +987,7 @@ impl<D: Directory> Log for SegmentedLog<D> {
             return Err(Self::out_of_range(&state, offset));
         }
         let place = &self.place;
-        self.dir
-            .write_atomic(LOG_START_FILE, format!("{offset}\n").as_bytes())
-            .context(place, || "writing the log start checkpoint".into())?;
+        self.write_log_start(offset)?;
         let active_base = state.active().base_offset;
         let below: Vec<i64> = state
             .segments
@@ -984,9 +995,14 @@ impl<D: Directory> Log for SegmentedLog<D> {
             .filter(|s| s.next_offset <= offset && s.base_offset != active_base)
             .map(|s| s.base_offset)
             .collect();
-        for base in below {
-            state.segments.remove(&base);
-            Self::remove_segment_files(&self.dir, place, base)?;
+        if !below.is_empty() {
+            for base in below {
+                state.segments.remove(&base);
+                Self::remove_segment_files(&self.dir, place, base)?;
+            }
+            self.dir
+                .sync()
+                .context(place, || "syncing the directory".into())?;
         }
         state.log_start_offset = offset;
         state.high_watermark = state.high_watermark.max(offset);

@@ -1,0 +1,336 @@
+//! Property test: random sequences of append / roll (by size and by age) / truncate /
+//! retention / log-start moves / reopen / crash give the same log as a simple model: a list of
+//! segments, each a list of batches, following the rules the contract states.
+
+mod common;
+
+use common::{read_all, DiskHarness, Harness, MemHarness};
+use proptest::prelude::*;
+use tandem_storage::{BatchBuilder, Clock, FlushPolicy, Log, LogConfig, ManualClock};
+
+#[derive(Debug, Clone)]
+enum Op {
+    Append {
+        records: usize,
+        value_len: usize,
+        new_epoch: bool,
+    },
+    Advance {
+        ms: i64,
+    },
+    Truncate {
+        at: u16,
+    },
+    Retention {
+        bound: u16,
+    },
+    AdvanceStart {
+        to: u16,
+    },
+    Reopen,
+    Crash {
+        keep: u16,
+    },
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        8 => (1..5usize, 0..300usize, prop::bool::weighted(0.1))
+            .prop_map(|(records, value_len, new_epoch)| Op::Append { records, value_len, new_epoch }),
+        2 => (0..40_000i64).prop_map(|ms| Op::Advance { ms }),
+        1 => any::<u16>().prop_map(|at| Op::Truncate { at }),
+        1 => any::<u16>().prop_map(|bound| Op::Retention { bound }),
+        1 => any::<u16>().prop_map(|to| Op::AdvanceStart { to }),
+        1 => Just(Op::Reopen),
+        1 => any::<u16>().prop_map(|keep| Op::Crash { keep }),
+    ]
+}
+
+#[derive(Debug, Clone)]
+struct ModelBatch {
+    next: i64,
+    max_timestamp: i64,
+    bytes: Vec<u8>,
+}
+
+#[derive(Debug, Clone)]
+struct ModelSegment {
+    base: i64,
+    batches: Vec<ModelBatch>,
+    first_append_ms: Option<i64>,
+}
+
+impl ModelSegment {
+    fn size(&self) -> u64 {
+        self.batches.iter().map(|b| b.bytes.len() as u64).sum()
+    }
+    fn next(&self) -> i64 {
+        self.batches.last().map_or(self.base, |b| b.next)
+    }
+}
+
+struct Model {
+    segments: Vec<ModelSegment>,
+    log_start: i64,
+    config: LogConfig,
+}
+
+impl Model {
+    fn end(&self) -> i64 {
+        self.segments.last().map_or(0, |s| s.next())
+    }
+
+    fn append(&mut self, batch: ModelBatch, now: i64) {
+        let config = &self.config;
+        let active = self.segments.last().expect("a segment");
+        let full = active.size() + batch.bytes.len() as u64 > config.segment_bytes;
+        let old = active
+            .first_append_ms
+            .is_some_and(|first| now - first >= config.segment_ms);
+        if !active.batches.is_empty() && (full || old) {
+            let base = active.next();
+            self.segments.push(ModelSegment {
+                base,
+                batches: vec![],
+                first_append_ms: None,
+            });
+        }
+        let active = self.segments.last_mut().expect("a segment");
+        active.first_append_ms.get_or_insert(now);
+        active.batches.push(batch);
+    }
+
+    fn truncate(&mut self, offset: i64) {
+        let keep = self
+            .segments
+            .iter()
+            .rposition(|s| s.base <= offset)
+            .unwrap_or(0);
+        self.segments.truncate(keep + 1);
+        self.segments[keep].batches.retain(|b| b.next <= offset);
+        self.log_start = self.log_start.min(self.end());
+    }
+
+    fn retention(&mut self, bound: i64, now: i64) {
+        let bound = bound.min(self.end());
+        let mut total: u64 = self.segments.iter().map(|s| s.size()).sum();
+        while self.segments.len() > 1 {
+            let first = &self.segments[0];
+            if first.next() > bound {
+                break;
+            }
+            let by_size = self
+                .config
+                .retention_bytes
+                .is_some_and(|r| total - first.size() >= r);
+            let newest = first
+                .batches
+                .iter()
+                .map(|b| b.max_timestamp)
+                .max()
+                .unwrap_or(-1);
+            let by_age = self.config.retention_ms.is_some_and(|r| now - newest > r);
+            if !(by_size || by_age) {
+                break;
+            }
+            total -= first.size();
+            self.segments.remove(0);
+        }
+        self.log_start = self.log_start.max(self.segments[0].base);
+    }
+
+    fn advance_start(&mut self, offset: i64) {
+        if offset <= self.log_start {
+            return;
+        }
+        while self.segments.len() > 1 && self.segments[0].next() <= offset {
+            self.segments.remove(0);
+        }
+        self.log_start = offset;
+    }
+
+    /// The batches a reader sees: those holding an offset at or after the log start.
+    fn visible(&self) -> Vec<Vec<u8>> {
+        self.segments
+            .iter()
+            .flat_map(|s| &s.batches)
+            .filter(|b| b.next > self.log_start)
+            .map(|b| b.bytes.clone())
+            .collect()
+    }
+}
+
+fn config() -> LogConfig {
+    LogConfig {
+        segment_bytes: 1024,
+        segment_ms: 30_000,
+        index_interval_bytes: 200,
+        retention_bytes: Some(3000),
+        retention_ms: Some(60_000),
+        flush: FlushPolicy::Never,
+        ..LogConfig::default()
+    }
+}
+
+/// Picks an offset in [log start, log end] from a random fraction.
+fn pick(fraction: u16, start: i64, end: i64) -> i64 {
+    start + ((end - start) as i128 * fraction as i128 / u16::MAX as i128) as i64
+}
+
+fn run<H: Harness>(h: &H, ops: &[Op], crashes: &dyn Fn(&H, u16)) -> Result<(), TestCaseError> {
+    let clock: &ManualClock = h.clock();
+    let mut log = h.open(config());
+    let mut model = Model {
+        segments: vec![ModelSegment {
+            base: 0,
+            batches: vec![],
+            first_append_ms: None,
+        }],
+        log_start: 0,
+        config: config(),
+    };
+    let mut epoch = 0;
+    for (step, op) in ops.iter().enumerate() {
+        let now = clock.now_ms();
+        match op {
+            Op::Append {
+                records,
+                value_len,
+                new_epoch,
+            } => {
+                if *new_epoch {
+                    epoch += 1;
+                }
+                let mut builder = BatchBuilder::new(now);
+                for i in 0..*records {
+                    builder.push(now + i as i64, None, Some(&vec![step as u8; *value_len]));
+                }
+                let mut bytes = builder.build();
+                let info = log.append_as_leader(&mut bytes, epoch).unwrap();
+                prop_assert_eq!(info.first_offset, model.end());
+                model.append(
+                    ModelBatch {
+                        next: info.last_offset + 1,
+                        max_timestamp: now + *records as i64 - 1,
+                        bytes: bytes.to_vec(),
+                    },
+                    now,
+                );
+            }
+            Op::Advance { ms } => clock.advance(*ms),
+            Op::Truncate { at } => {
+                let offset = pick(*at, model.log_start, model.end());
+                log.truncate_to(offset).unwrap();
+                model.truncate(offset);
+            }
+            Op::Retention { bound } => {
+                let bound = pick(*bound, model.log_start, model.end());
+                log.apply_retention(bound).unwrap();
+                model.retention(bound, now);
+            }
+            Op::AdvanceStart { to } => {
+                let offset = pick(*to, model.log_start, model.end());
+                log.advance_log_start(offset).unwrap();
+                model.advance_start(offset);
+            }
+            Op::Reopen => {
+                log.close().unwrap();
+                drop(log);
+                log = h.open(config());
+                for s in &mut model.segments {
+                    s.first_append_ms = None;
+                }
+            }
+            Op::Crash { keep } => {
+                let flushed = log.flushed_offset();
+                drop(log);
+                crashes(h, *keep);
+                log = h.open(config());
+                // Only the unsynced tail of the active segment may be lost, to a batch boundary
+                // at or above the flushed offset.
+                let end = log.log_end_offset();
+                prop_assert!(
+                    end >= flushed,
+                    "step {step}: flushed {flushed} but recovered to {end}"
+                );
+                model.truncate(end);
+                for s in &mut model.segments {
+                    s.first_append_ms = None;
+                }
+            }
+        }
+        prop_assert_eq!(
+            log.log_start_offset(),
+            model.log_start,
+            "log start after step {} {:?}",
+            step,
+            op
+        );
+        prop_assert_eq!(
+            log.log_end_offset(),
+            model.end(),
+            "log end after step {} {:?}",
+            step,
+            op
+        );
+        prop_assert_eq!(
+            log.segment_count(),
+            model.segments.len(),
+            "segments after step {} {:?}",
+            step,
+            op
+        );
+        let got = read_all(&log);
+        let want = model.visible();
+        prop_assert_eq!(
+            got.len(),
+            want.len(),
+            "batches after step {} {:?}",
+            step,
+            op
+        );
+        let mut epochs = tandem_storage::EpochCache::new();
+        for e in log.epochs() {
+            epochs.assign(e.epoch, e.start_offset).unwrap();
+        }
+        for ((header, bytes), expected) in got.iter().zip(&want) {
+            prop_assert_eq!(
+                &bytes[..],
+                &expected[..],
+                "batch at {} after step {}",
+                header.base_offset,
+                step
+            );
+            if let Some(e) = epochs.epoch_for_offset(header.base_offset) {
+                if header.base_offset >= log.log_start_offset() {
+                    prop_assert_eq!(
+                        e,
+                        header.leader_epoch,
+                        "epoch cache disagrees at {}",
+                        header.base_offset
+                    );
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
+
+    #[test]
+    fn memory_log_matches_the_model(ops in prop::collection::vec(op(), 1..80)) {
+        let h = MemHarness::new();
+        run(&h, &ops, &|h: &MemHarness, keep| {
+            h.dir.crash(&mut |_, unsynced| unsynced * keep as usize / u16::MAX as usize)
+        })?;
+    }
+
+    #[test]
+    fn disk_log_matches_the_model(ops in prop::collection::vec(op(), 1..60)) {
+        // A real directory cannot lose its page cache here: a crash is a reopen.
+        let h = DiskHarness::new();
+        run(&h, &ops, &|_: &DiskHarness, _| {})?;
+    }
+}
