@@ -176,6 +176,8 @@ pub struct MemDir {
     state: Arc<Mutex<MemDirState>>,
     /// Bytes that writes may still add before the "disk" is full; `None` for unlimited.
     space_left: Arc<Mutex<Option<u64>>>,
+    /// How long a file sync takes, to model a real disk in concurrency tests.
+    sync_delay: Arc<Mutex<std::time::Duration>>,
 }
 
 #[derive(Default)]
@@ -191,6 +193,7 @@ struct MemDirState {
 pub struct MemFile {
     content: Arc<Mutex<MemFileContent>>,
     space_left: Arc<Mutex<Option<u64>>>,
+    sync_delay: Arc<Mutex<std::time::Duration>>,
 }
 
 #[derive(Default)]
@@ -209,7 +212,7 @@ impl MemFileContent {
 }
 
 impl MemFile {
-    fn with_data(data: Vec<u8>, space_left: Arc<Mutex<Option<u64>>>) -> MemFile {
+    fn with_data(data: Vec<u8>, dir: &MemDir) -> MemFile {
         let len = data.len();
         MemFile {
             content: Arc::new(Mutex::new(MemFileContent {
@@ -217,7 +220,8 @@ impl MemFile {
                 data,
                 dirty_from: len,
             })),
-            space_left,
+            space_left: Arc::clone(&dir.space_left),
+            sync_delay: Arc::clone(&dir.sync_delay),
         }
     }
 }
@@ -280,6 +284,10 @@ impl SegmentFile for MemFile {
     }
 
     fn sync_data(&self) -> io::Result<()> {
+        let delay = *self.sync_delay.lock();
+        if !delay.is_zero() {
+            std::thread::sleep(delay);
+        }
         let mut c = self.content.lock();
         let from = c.dirty_from.min(c.durable.len());
         c.durable.truncate(from);
@@ -330,6 +338,11 @@ impl MemDir {
         *self.space_left.lock() = bytes;
     }
 
+    /// Makes every file sync take `delay`, like a real disk's fdatasync.
+    pub fn set_sync_delay(&self, delay: std::time::Duration) {
+        *self.sync_delay.lock() = delay;
+    }
+
     /// A crash that loses everything not synced.
     pub fn crash_clean_cut(&self) {
         self.crash(&mut |_, _| 0);
@@ -371,10 +384,7 @@ impl Directory for MemDir {
     }
 
     fn create(&self, name: &str) -> io::Result<MemFile> {
-        let file = MemFile {
-            space_left: Arc::clone(&self.space_left),
-            ..MemFile::default()
-        };
+        let file = MemFile::with_data(Vec::new(), self);
         self.state
             .lock()
             .entries
@@ -415,7 +425,7 @@ impl Directory for MemDir {
                 ));
             }
         }
-        let file = MemFile::with_data(data.to_vec(), Arc::clone(&self.space_left));
+        let file = MemFile::with_data(data.to_vec(), self);
         state.entries.insert(name.to_string(), file.clone());
         state.durable_entries.insert(name.to_string(), file);
         Ok(())

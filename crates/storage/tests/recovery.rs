@@ -458,3 +458,48 @@ fn bad_settings_are_refused_with_the_reason() {
         assert!(err.to_string().contains(word), "{err}");
     }
 }
+
+#[test]
+fn concurrent_appenders_share_fsyncs_and_all_are_durable() {
+    use std::sync::Arc;
+    let h = MemHarness::new();
+    h.dir.set_sync_delay(std::time::Duration::from_millis(2));
+    let config = LogConfig {
+        flush: FlushPolicy::Always,
+        ..LogConfig::default()
+    };
+    let log = Arc::new(h.open(config.clone()));
+    let (threads, per_thread) = (8, 25);
+    let workers: Vec<_> = (0..threads)
+        .map(|t| {
+            let log = Arc::clone(&log);
+            std::thread::spawn(move || {
+                for i in 0..per_thread {
+                    let info = log
+                        .append_as_leader(&mut batch(&format!("t{t}-{i}"), 2, i), 0)
+                        .unwrap();
+                    // The append returned, so the batch must already be durable.
+                    assert!(log.flushed_offset() > info.last_offset);
+                }
+            })
+        })
+        .collect();
+    for w in workers {
+        w.join().unwrap();
+    }
+    let appends = (threads * per_thread) as u64;
+    let syncs = log.sync_count();
+    assert!(
+        syncs * 2 <= appends,
+        "{syncs} fsyncs for {appends} appends: group commit is not grouping"
+    );
+    let acknowledged = read_all(&*log);
+    assert_eq!(acknowledged.len() as u64, appends);
+    drop(log);
+    h.dir.crash_clean_cut();
+    assert_eq!(
+        read_all(&h.open(config)),
+        acknowledged,
+        "nothing acknowledged was lost"
+    );
+}
