@@ -1145,17 +1145,22 @@ impl<D: Directory> Log for SegmentedLog<D> {
     }
 
     fn checkpoint_high_watermark(&self, high_watermark: i64) -> Result<()> {
-        let mut state = self.state.write();
-        if high_watermark < state.log_start_offset || high_watermark > state.log_end_offset() {
-            return Err(Self::out_of_range(&state, high_watermark));
+        {
+            let state = self.state.read();
+            if high_watermark < state.log_start_offset || high_watermark > state.log_end_offset() {
+                return Err(Self::out_of_range(&state, high_watermark));
+            }
         }
+        // Written without the state lock, so that appends and reads go on during its fsyncs.
+        // A truncation in between can leave the file above the log end; opening clamps it.
         self.dir
             .write_atomic(
                 HIGH_WATERMARK_FILE,
                 format!("{high_watermark}\n").as_bytes(),
             )
             .context(&self.place, || "writing the HW checkpoint".into())?;
-        state.high_watermark = high_watermark;
+        let mut state = self.state.write();
+        state.high_watermark = high_watermark.min(state.log_end_offset());
         Ok(())
     }
 
