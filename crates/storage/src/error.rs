@@ -39,6 +39,14 @@ pub enum StorageError {
         file: String,
         reason: String,
     },
+    #[error("invalid argument: {0}")]
+    InvalidArgument(String),
+    #[error("the batch at offset {offset} was truncated before it was synced")]
+    TruncatedBeforeFlush { offset: i64 },
+    #[error(
+        "the log in {dir} could not undo a failed append and refuses changes until it is reopened"
+    )]
+    Poisoned { dir: String },
     #[error("I/O error {action} in {dir}: {source}")]
     Io {
         action: String,

@@ -27,6 +27,11 @@ pub trait SegmentFile: Send + Sync + 'static {
     fn set_len(&self, len: u64) -> io::Result<()>;
     /// Makes the file's data durable (fdatasync).
     fn sync_data(&self) -> io::Result<()>;
+    /// Makes the file's data and metadata durable (fsync): needed after `set_len` shrinks a
+    /// file, which fdatasync is not required to persist.
+    fn sync_all(&self) -> io::Result<()> {
+        self.sync_data()
+    }
 }
 
 /// One log's directory.
@@ -102,6 +107,9 @@ impl SegmentFile for File {
     }
     fn sync_data(&self) -> io::Result<()> {
         File::sync_data(self)
+    }
+    fn sync_all(&self) -> io::Result<()> {
+        File::sync_all(self)
     }
 }
 

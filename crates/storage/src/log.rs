@@ -13,7 +13,8 @@
 //!    log-start-offset                   when the log starts inside its first segment
 //! ```
 //!
-//! Locks: `flush_lock` (held across an fsync, and by truncation) is taken before `state`.
+//! Locks, always taken in this order: `flush_lock` (held across an fsync, and by truncation),
+//! `checkpoint_lock` (HW checkpoint writes, and truncation, which may lower the HW), `state`.
 //! Appends hold `state` only, so they go on while another thread waits on an fsync; the next
 //! flusher's fsync then covers all of them (group commit).
 
@@ -193,6 +194,10 @@ pub struct SegmentedLog<D: Directory> {
     state: RwLock<LogState<D::File>>,
     /// Serializes fsyncs, so that appenders waiting here share the next one.
     flush_lock: Mutex<()>,
+    /// Serializes HW checkpoint writes with truncation, which may lower the checkpoint.
+    checkpoint_lock: Mutex<()>,
+    /// Set when a failed append could not be undone: the log then refuses changes.
+    poisoned: std::sync::atomic::AtomicBool,
     flushed_offset: AtomicI64,
     last_flush_ms: AtomicI64,
     /// fsyncs of segment data so far: how well group commit works.
@@ -213,6 +218,16 @@ impl DiskLog {
         })?;
         SegmentedLog::open(dir, config, Arc::new(SystemClock))
     }
+}
+
+/// A temporary file this engine's atomic writes leave behind when a crash interrupts them.
+fn is_own_temp_file(name: &str) -> bool {
+    let Some(target) = name.strip_suffix(TEMP_SUFFIX) else {
+        return false;
+    };
+    [MARKER_FILE, EPOCH_FILE, HIGH_WATERMARK_FILE, LOG_START_FILE].contains(&target)
+        || segment::parse_file_name(target, INDEX_SUFFIX).is_some()
+        || segment::parse_file_name(target, TIME_INDEX_SUFFIX).is_some()
 }
 
 fn parse_i64_checkpoint(dir: &str, file: &str, data: Option<Vec<u8>>) -> Result<Option<i64>> {
@@ -243,23 +258,22 @@ impl<D: Directory> SegmentedLog<D> {
             reason: format!("bad configuration: {reason}"),
         })?;
         let now = clock.now_ms();
-        let names = dir
+        let mut names = dir
             .list()
             .context(&place, || "listing the directory".into())?;
-        let mut names: Vec<String> = names
-            .into_iter()
-            .filter(|name| {
-                if name.ends_with(TEMP_SUFFIX) {
-                    info!(log = %place, file = %name, "removing a checkpoint left half-written by a crash");
-                    let _ = dir.remove(name);
-                    false
-                } else {
-                    true
-                }
-            })
-            .collect();
         names.sort();
+        // Checks the marker before touching anything: a directory that is not a log is left
+        // exactly as it was.
         Self::check_marker(&dir, &place, &names)?;
+        names.retain(|name| {
+            if is_own_temp_file(name) {
+                info!(log = %place, file = %name, "removing a checkpoint left half-written by a crash");
+                let _ = dir.remove(name);
+                false
+            } else {
+                true
+            }
+        });
 
         let log_start_checkpoint = parse_i64_checkpoint(
             &place,
@@ -423,7 +437,7 @@ impl<D: Directory> SegmentedLog<D> {
                 segment
                     .file
                     .set_len(damage.position)
-                    .and_then(|_| segment.file.sync_data())
+                    .and_then(|_| segment.file.sync_all())
                     .context(&place, || format!("cutting {log_name}"))?;
                 damaged = true;
             }
@@ -451,8 +465,9 @@ impl<D: Directory> SegmentedLog<D> {
             dir.write_atomic(LOG_START_FILE, format!("{log_start_offset}\n").as_bytes())
                 .context(&place, || "writing the log start checkpoint".into())?;
         }
-        epochs.truncate_from_end(log_end_offset);
+        // Start first: an entry moved up to a start that equals the end owns no offsets.
         epochs.truncate_from_start(log_start_offset);
+        epochs.truncate_from_end(log_end_offset);
         if saved_epochs.as_ref() != Some(&epochs) {
             dir.write_atomic(EPOCH_FILE, epochs.encode().as_bytes())
                 .context(&place, || "writing the epoch checkpoint".into())?;
@@ -460,6 +475,15 @@ impl<D: Directory> SegmentedLog<D> {
         let high_watermark = high_watermark_checkpoint
             .unwrap_or(log_start_offset)
             .clamp(log_start_offset, log_end_offset);
+        if high_watermark_checkpoint.is_some_and(|c| c != high_watermark) {
+            // Recovery cut below the checkpointed HW: left as it is, the file would later
+            // cover new, uncommitted data at those offsets.
+            dir.write_atomic(
+                HIGH_WATERMARK_FILE,
+                format!("{high_watermark}\n").as_bytes(),
+            )
+            .context(&place, || "writing the HW checkpoint".into())?;
+        }
         // What was read back from the file may sit only in the page cache of a process that
         // died; sync it so that `flushed_offset` can start at the log end.
         let active = segments.values().next_back().expect("created above");
@@ -482,6 +506,8 @@ impl<D: Directory> SegmentedLog<D> {
             clock,
             state: RwLock::new(state),
             flush_lock: Mutex::new(()),
+            checkpoint_lock: Mutex::new(()),
+            poisoned: std::sync::atomic::AtomicBool::new(false),
             flushed_offset: AtomicI64::new(log_end_offset),
             last_flush_ms: AtomicI64::new(now),
             sync_count: AtomicU64::new(0),
@@ -505,12 +531,13 @@ impl<D: Directory> SegmentedLog<D> {
             }
             return Ok(());
         }
-        if let Some(other) = names.first() {
+        let others: Vec<&String> = names.iter().filter(|n| !is_own_temp_file(n)).collect();
+        if let Some(other) = others.first() {
             return Err(StorageError::NotALog {
                 path: place.to_string(),
                 reason: format!(
                     "no {MARKER_FILE} marker, and it holds {} other file(s), such as {other:?}",
-                    names.len()
+                    others.len()
                 ),
             });
         }
@@ -685,17 +712,46 @@ impl<D: Directory> SegmentedLog<D> {
 
     fn after_append(&self, info: &AppendInfo) -> Result<()> {
         match self.config.flush {
-            FlushPolicy::Always => self.flush_to(info.log_end_offset).map(|_| ()),
+            FlushPolicy::Always => {
+                let flushed = self.flush_to(info.log_end_offset)?;
+                if flushed < info.log_end_offset {
+                    // A truncation removed the batch before it was synced: it is not durable.
+                    return Err(StorageError::TruncatedBeforeFlush {
+                        offset: info.first_offset,
+                    });
+                }
+                Ok(())
+            }
             FlushPolicy::IntervalMs(_) => self.flush_if_due().map(|_| ()),
             FlushPolicy::Never => Ok(()),
         }
     }
 
-    /// Cuts the log back to `offset` after a failed append, so that the log is as it was.
-    fn undo_append(&self, state: &mut LogState<D::File>, offset: i64) {
-        if let Err(e) = self.truncate_locked(state, offset) {
-            warn!(log = %self.place, offset, error = %e, "could not undo a failed append");
+    /// Puts the log back as it was before a failed append: cut back to `offset`, and the epoch
+    /// cache as it was (an append of a new epoch may have replaced an empty epoch's entry).
+    /// If even that fails, the log is poisoned: every later change is refused until a reopen
+    /// recovers it from what is on disk.
+    fn undo_append(&self, state: &mut LogState<D::File>, offset: i64, epochs_before: EpochCache) {
+        let truncated = self.truncate_locked(state, offset);
+        let restored = if state.epochs != epochs_before {
+            state.epochs = epochs_before;
+            self.persist_epochs(state)
+        } else {
+            Ok(())
+        };
+        if let Err(e) = truncated.and(restored) {
+            warn!(log = %self.place, offset, error = %e, "could not undo a failed append; the log refuses changes until it is reopened");
+            self.poisoned.store(true, Ordering::SeqCst);
         }
+    }
+
+    fn check_not_poisoned(&self) -> Result<()> {
+        if self.poisoned.load(Ordering::SeqCst) {
+            return Err(StorageError::Poisoned {
+                dir: self.place.clone(),
+            });
+        }
+        Ok(())
     }
 
     fn truncate_locked(&self, state: &mut LogState<D::File>, offset: i64) -> Result<()> {
@@ -735,12 +791,61 @@ impl<D: Directory> SegmentedLog<D> {
             state.log_start_offset = log_end_offset;
             self.write_log_start(log_end_offset)?;
         }
-        state.high_watermark = state.high_watermark.min(log_end_offset);
-        let flushed = self.flushed_offset.load(Ordering::SeqCst);
+        if state.high_watermark > log_end_offset {
+            // A stale file would bring back a HW over offsets that are gone, or that later hold
+            // different, uncommitted data.
+            state.high_watermark = log_end_offset;
+            self.write_high_watermark(log_end_offset)?;
+        }
         self.flushed_offset
-            .store(flushed.min(log_end_offset), Ordering::SeqCst);
+            .fetch_min(log_end_offset, Ordering::SeqCst);
         state.check_invariants();
         Ok(())
+    }
+
+    fn write_high_watermark(&self, offset: i64) -> Result<()> {
+        self.dir
+            .write_atomic(HIGH_WATERMARK_FILE, format!("{offset}\n").as_bytes())
+            .context(&self.place, || "writing the HW checkpoint".into())
+    }
+
+    /// Deletes whole segments from the front of the log, files first, so that the segment map
+    /// never names a deleted file; then moves the start past them. On an error the log stays
+    /// consistent, with the segments deleted so far gone.
+    fn delete_front_segments(
+        &self,
+        state: &mut LogState<D::File>,
+        segments: &[(i64, u64)],
+    ) -> Result<()> {
+        let mut result = Ok(());
+        for (base, _) in segments {
+            if let Err(e) = Self::remove_segment_files(&self.dir, &self.place, *base) {
+                result = Err(e);
+                break;
+            }
+            state.segments.remove(base);
+        }
+        if !segments.is_empty() {
+            let synced = self
+                .dir
+                .sync()
+                .context(&self.place, || "syncing the directory".into());
+            result = result.and(synced);
+        }
+        let first_base = *state
+            .segments
+            .keys()
+            .next()
+            .expect("the active segment is never deleted from the front");
+        if first_base > state.log_start_offset {
+            state.log_start_offset = first_base;
+            state.high_watermark = state.high_watermark.max(first_base);
+            if state.epochs.truncate_from_start(first_base) {
+                self.persist_epochs(state)?;
+            }
+        }
+        state.check_invariants();
+        result
     }
 
     fn write_log_start(&self, offset: i64) -> Result<()> {
@@ -765,7 +870,12 @@ impl<D: Directory> SegmentedLog<D> {
 
 impl<D: Directory> Log for SegmentedLog<D> {
     fn append_as_leader(&self, batches: &mut [u8], leader_epoch: i32) -> Result<AppendInfo> {
-        assert!(leader_epoch >= 0, "a leader's epoch is never negative");
+        if leader_epoch < 0 {
+            return Err(StorageError::InvalidArgument(format!(
+                "leader epoch {leader_epoch} is negative"
+            )));
+        }
+        self.check_not_poisoned()?;
         let headers = self.validate_batches(batches)?;
         for (position, header) in &headers {
             if header.record_count < 1 || header.last_offset_delta != header.record_count - 1 {
@@ -792,6 +902,7 @@ impl<D: Directory> Log for SegmentedLog<D> {
                 }
             }
             let first_offset = state.log_end_offset();
+            let epochs_before = state.epochs.clone();
             let mut offset = first_offset;
             let mut record_count = 0;
             for (position, header) in &headers {
@@ -803,7 +914,7 @@ impl<D: Directory> Log for SegmentedLog<D> {
                 header.base_offset = offset;
                 header.leader_epoch = leader_epoch;
                 if let Err(e) = self.append_one(&mut state, bytes, &header) {
-                    self.undo_append(&mut state, first_offset);
+                    self.undo_append(&mut state, first_offset, epochs_before);
                     return Err(e);
                 }
                 offset = header.next_offset();
@@ -823,10 +934,12 @@ impl<D: Directory> Log for SegmentedLog<D> {
     }
 
     fn append_replicated(&self, batches: &[u8]) -> Result<AppendInfo> {
+        self.check_not_poisoned()?;
         let headers = self.validate_batches(batches)?;
         let info = {
             let mut state = self.state.write();
             let first_offset = state.log_end_offset();
+            let epochs_before = state.epochs.clone();
             let mut expected = first_offset;
             let mut latest_epoch = state.epochs.latest();
             for (_, header) in &headers {
@@ -861,7 +974,7 @@ impl<D: Directory> Log for SegmentedLog<D> {
             for (position, header) in &headers {
                 let bytes = &batches[*position..*position + header.size() as usize];
                 if let Err(e) = self.append_one(&mut state, bytes, header) {
-                    self.undo_append(&mut state, first_offset);
+                    self.undo_append(&mut state, first_offset, epochs_before);
                     return Err(e);
                 }
                 record_count += header.record_count as i64;
@@ -932,31 +1045,59 @@ impl<D: Directory> Log for SegmentedLog<D> {
     }
 
     fn truncate_to(&self, offset: i64) -> Result<()> {
-        let _guard = self.flush_lock.lock();
+        self.check_not_poisoned()?;
+        if offset < 0 {
+            return Err(StorageError::InvalidArgument(format!(
+                "cannot truncate to negative offset {offset}"
+            )));
+        }
+        let flush_guard = self.flush_lock.lock();
+        let checkpoint_guard = self.checkpoint_lock.lock();
         let mut state = self.state.write();
         if offset >= state.log_end_offset() {
+            // Nothing to cut, but an epoch that starts at the end owns no offsets: forget it,
+            // as Kafka does, or a follower that briefly led could never take the leader's
+            // older epoch after it (NonMonotonicEpoch forever).
+            let log_end_offset = state.log_end_offset();
+            if state.epochs.truncate_from_end(log_end_offset) {
+                self.persist_epochs(&state)?;
+            }
             return Ok(());
         }
         if offset < state.log_start_offset {
             drop(state);
-            drop(_guard);
-            return self.truncate_fully_and_start_at(offset.max(0));
+            drop(checkpoint_guard);
+            drop(flush_guard);
+            return self.truncate_fully_and_start_at(offset);
         }
         self.truncate_locked(&mut state, offset)
     }
 
     fn truncate_fully_and_start_at(&self, offset: i64) -> Result<()> {
-        assert!(offset >= 0, "offsets are never negative");
-        let _guard = self.flush_lock.lock();
+        self.check_not_poisoned()?;
+        if offset < 0 {
+            return Err(StorageError::InvalidArgument(format!(
+                "a log cannot start at negative offset {offset}"
+            )));
+        }
+        let _flush_guard = self.flush_lock.lock();
+        let _checkpoint_guard = self.checkpoint_lock.lock();
         let mut state = self.state.write();
         let place = &self.place;
-        // The new start is recorded first: a crash in the middle reopens an empty log there.
-        self.write_log_start(offset)?;
+        // Old segments go first, durably: a crash before the new start is recorded reopens an
+        // empty log at the old start (the follower then asks again), never old data.
         let bases: Vec<i64> = state.segments.keys().copied().collect();
         for base in bases {
-            state.segments.remove(&base);
             Self::remove_segment_files(&self.dir, place, base)?;
+            state.segments.remove(&base);
         }
+        self.dir
+            .sync()
+            .context(place, || "syncing the directory".into())?;
+        state.epochs = EpochCache::new();
+        self.persist_epochs(&state)?;
+        self.write_log_start(offset)?;
+        self.write_high_watermark(offset)?;
         let name = segment::file_name(offset, LOG_SUFFIX);
         let file = self
             .dir
@@ -970,8 +1111,6 @@ impl<D: Directory> Log for SegmentedLog<D> {
             .insert(offset, Segment::new(offset, file, self.clock.now_ms()));
         state.log_start_offset = offset;
         state.high_watermark = offset;
-        state.epochs = EpochCache::new();
-        self.persist_epochs(&state)?;
         self.flushed_offset.store(offset, Ordering::SeqCst);
         info!(log = %place, offset, "emptied the log; it now starts at {offset}");
         state.check_invariants();
@@ -979,6 +1118,7 @@ impl<D: Directory> Log for SegmentedLog<D> {
     }
 
     fn advance_log_start(&self, offset: i64) -> Result<()> {
+        self.check_not_poisoned()?;
         let mut state = self.state.write();
         if offset <= state.log_start_offset {
             return Ok(());
@@ -986,24 +1126,15 @@ impl<D: Directory> Log for SegmentedLog<D> {
         if offset > state.log_end_offset() {
             return Err(Self::out_of_range(&state, offset));
         }
-        let place = &self.place;
         self.write_log_start(offset)?;
         let active_base = state.active().base_offset;
-        let below: Vec<i64> = state
+        let below: Vec<(i64, u64)> = state
             .segments
             .values()
             .filter(|s| s.next_offset <= offset && s.base_offset != active_base)
-            .map(|s| s.base_offset)
+            .map(|s| (s.base_offset, s.size))
             .collect();
-        if !below.is_empty() {
-            for base in below {
-                state.segments.remove(&base);
-                Self::remove_segment_files(&self.dir, place, base)?;
-            }
-            self.dir
-                .sync()
-                .context(place, || "syncing the directory".into())?;
-        }
+        self.delete_front_segments(&mut state, &below)?;
         state.log_start_offset = offset;
         state.high_watermark = state.high_watermark.max(offset);
         if state.epochs.truncate_from_start(offset) {
@@ -1014,6 +1145,7 @@ impl<D: Directory> Log for SegmentedLog<D> {
     }
 
     fn apply_retention(&self, upper_bound: i64) -> Result<RetentionOutcome> {
+        self.check_not_poisoned()?;
         let now = self.clock.now_ms();
         let mut state = self.state.write();
         let upper_bound = upper_bound.min(state.log_end_offset());
@@ -1045,30 +1177,13 @@ impl<D: Directory> Log for SegmentedLog<D> {
         if doomed.is_empty() {
             return Ok(outcome);
         }
-        for (base, size) in &doomed {
-            state.segments.remove(base);
-            Self::remove_segment_files(&self.dir, &self.place, *base)?;
-            outcome.segments_deleted += 1;
-            outcome.bytes_deleted += size;
-        }
-        self.dir
-            .sync()
-            .context(&self.place, || "syncing the directory".into())?;
-        let first_base = *state
-            .segments
-            .keys()
-            .next()
-            .expect("the active segment stays");
-        state.log_start_offset = state.log_start_offset.max(first_base);
-        state.high_watermark = state.high_watermark.max(state.log_start_offset);
-        let log_start_offset = state.log_start_offset;
-        if state.epochs.truncate_from_start(log_start_offset) {
-            self.persist_epochs(&state)?;
-        }
-        outcome.log_start_offset = log_start_offset;
+        let deleted = self.delete_front_segments(&mut state, &doomed);
+        outcome.segments_deleted = doomed.len();
+        outcome.bytes_deleted = doomed.iter().map(|(_, size)| size).sum();
+        outcome.log_start_offset = state.log_start_offset;
+        deleted?;
         info!(log = %self.place, segments = outcome.segments_deleted, bytes = outcome.bytes_deleted,
-            log_start_offset, "retention deleted segments");
-        state.check_invariants();
+            log_start_offset = outcome.log_start_offset, "retention deleted segments");
         Ok(outcome)
     }
 
@@ -1145,6 +1260,9 @@ impl<D: Directory> Log for SegmentedLog<D> {
     }
 
     fn checkpoint_high_watermark(&self, high_watermark: i64) -> Result<()> {
+        // Truncation takes this lock too, so it cannot lower the HW between the check below
+        // and the write, leaving a file above the log end.
+        let _checkpoint_guard = self.checkpoint_lock.lock();
         {
             let state = self.state.read();
             if high_watermark < state.log_start_offset || high_watermark > state.log_end_offset() {

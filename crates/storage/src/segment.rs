@@ -156,11 +156,29 @@ impl<F: SegmentFile> Segment<F> {
         self.push_time_entry();
     }
 
-    /// Reads the header of the batch at `position`.
+    /// Reads the header of the batch at `position`, checking that its length is plausible:
+    /// sealed segments are not CRC-checked at open, so bit rot can reach here, and a bad length
+    /// must be an error, not a loop that never advances.
     pub fn read_header(&self, position: u64) -> io::Result<BatchHeader> {
         let mut buf = [0u8; HEADER_LEN];
         self.file.read_at(position, &mut buf)?;
-        BatchHeader::parse(&buf).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
+        let header =
+            BatchHeader::parse(&buf).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+        self.check_size(position, header.size())?;
+        Ok(header)
+    }
+
+    fn check_size(&self, position: u64, size: i64) -> io::Result<u64> {
+        if size < HEADER_LEN as i64 || position.saturating_add(size as u64) > self.size {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!(
+                    "batch at byte {position} of segment {} declares {size} bytes; the segment is damaged (run `tandem log check`)",
+                    self.base_offset
+                ),
+            ));
+        }
+        Ok(size as u64)
     }
 
     /// Position of the first batch that holds `offset` or anything after it; `None` if the
@@ -194,7 +212,7 @@ impl<F: SegmentFile> Segment<F> {
         self.file.read_at(position, &mut buf)?;
         let mut end = 0usize;
         while let Some((_, size)) = batch::peek_size(&buf[end..]) {
-            let size = size as usize;
+            let size = self.check_size(position + end as u64, size)? as usize;
             if end + size > buf.len() {
                 break;
             }
@@ -206,7 +224,7 @@ impl<F: SegmentFile> Segment<F> {
             let (_, size) = batch::peek_size(&buf).ok_or_else(|| {
                 io::Error::new(io::ErrorKind::InvalidData, "batch header cut short")
             })?;
-            let size = (size as usize).min(available);
+            let size = self.check_size(position, size)? as usize;
             let mut whole = BytesMut::zeroed(size);
             self.file.read_at(position, &mut whole)?;
             return Ok(whole.freeze());
@@ -321,7 +339,7 @@ impl<F: SegmentFile> Segment<F> {
         };
         let removed = self.size - position;
         self.file.set_len(position)?;
-        self.file.sync_data()?;
+        self.file.sync_all()?;
         self.rebuild(index_interval_bytes)?;
         Ok(removed)
     }

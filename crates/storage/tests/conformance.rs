@@ -541,4 +541,78 @@ conformance!(
     high_watermark_checkpoint_survives_reopen,
     bad_appends_are_typed_errors_and_change_nothing,
     reopen_gives_back_the_same_log,
+    truncation_lowers_the_checkpointed_high_watermark,
+    an_empty_epoch_at_the_end_is_forgotten_by_truncation,
+    caller_mistakes_are_typed_errors,
 );
+
+fn truncation_lowers_the_checkpointed_high_watermark(h: &impl Harness) {
+    let log = h.open(LogConfig::default());
+    for _ in 0..4 {
+        log.append_as_leader(&mut batch("a", 10, 0), 1).unwrap();
+    }
+    log.checkpoint_high_watermark(30).unwrap();
+    log.truncate_to(20).unwrap();
+    assert_eq!(log.offsets().high_watermark, 20);
+    // New, uncommitted data at the offsets the old HW covered.
+    log.append_as_leader(&mut batch("b", 20, 0), 2).unwrap();
+    log.close().unwrap();
+    let before = log.offsets();
+    drop(log);
+    let log = h.open(LogConfig::default());
+    assert_eq!(
+        log.offsets(),
+        before,
+        "a reopen must not resurrect HW 30 over epoch-2 data"
+    );
+    assert_eq!(log.offsets().high_watermark, 20);
+}
+
+fn an_empty_epoch_at_the_end_is_forgotten_by_truncation(h: &impl Harness) {
+    // The leader: epoch 3 wrote 0..10, epoch 4 wrote 10..15, and it now leads epoch 6.
+    let leader = MemHarness::new().open(LogConfig::default());
+    leader.append_as_leader(&mut batch("x", 10, 0), 3).unwrap();
+    leader.append_as_leader(&mut batch("y", 5, 0), 4).unwrap();
+    leader.assign_epoch(6).unwrap();
+    // A follower has 0..10, was briefly leader of epoch 5 (wrote nothing), follows again.
+    let follower = h.open(LogConfig::default());
+    follower
+        .append_replicated(&leader.read(0, 1 << 20).unwrap()[..])
+        .ok();
+    follower.truncate_to(10).unwrap();
+    follower.assign_epoch(5).unwrap();
+    let answer = leader.end_offset_for_epoch(5).unwrap();
+    assert_eq!((answer.epoch, answer.start_offset), (4, 15));
+    follower
+        .truncate_to(answer.start_offset.min(follower.log_end_offset()))
+        .unwrap();
+    assert_eq!(follower.latest_epoch(), Some(3), "epoch 5 owned no offsets");
+    let rest = leader.read(10, 1 << 20).unwrap();
+    follower
+        .append_replicated(&rest)
+        .expect("the leader's epoch 4 is accepted");
+    assert_eq!(follower.log_end_offset(), 15);
+    assert_eq!(
+        follower.epochs(),
+        leader.epochs()[..2].to_vec(),
+        "epoch 6 has no data yet"
+    );
+}
+
+fn caller_mistakes_are_typed_errors(h: &impl Harness) {
+    let log = h.open(LogConfig::default());
+    log.append_as_leader(&mut batch("a", 2, 0), 1).unwrap();
+    assert!(matches!(
+        log.append_as_leader(&mut batch("b", 1, 0), -1),
+        Err(StorageError::InvalidArgument(_))
+    ));
+    assert!(matches!(
+        log.truncate_fully_and_start_at(-1),
+        Err(StorageError::InvalidArgument(_))
+    ));
+    assert!(matches!(
+        log.truncate_to(-5),
+        Err(StorageError::InvalidArgument(_))
+    ));
+    assert_eq!(log.log_end_offset(), 2);
+}

@@ -503,3 +503,58 @@ fn concurrent_appenders_share_fsyncs_and_all_are_durable() {
         "nothing acknowledged was lost"
     );
 }
+
+#[test]
+fn a_corrupt_length_in_a_sealed_segment_is_an_error_not_a_hang() {
+    let h = DiskHarness::new();
+    let log = h.open(small());
+    for i in 0..40 {
+        log.append_as_leader(&mut batch("z", 2, i), 0).unwrap();
+    }
+    let all = read_all(&log);
+    drop(log);
+    let first_segment = segment_path(&h, 0);
+    let mut bytes = std::fs::read(&first_segment).unwrap();
+    let position = all[0].1.len(); // where batch 1 starts in segment 0
+    for bad_length in [-12i32, -30, 0, 5, i32::MAX] {
+        bytes[position + 8..position + 12].copy_from_slice(&bad_length.to_be_bytes());
+        std::fs::write(&first_segment, &bytes).unwrap();
+        let log = h.open(small());
+        let err = log
+            .read(0, 1 << 20)
+            .expect_err("a damaged length must not be served");
+        assert!(err.to_string().contains("damaged"), "{err}");
+        assert!(log.read(2, 1).is_err(), "reading the damaged batch fails");
+        assert!(
+            log.offset_for_timestamp(2).is_err(),
+            "searching through the damage fails"
+        );
+        assert_eq!(
+            log.read(1, 1).unwrap(),
+            all[0].1,
+            "the batch before the damage still serves"
+        );
+        // The undamaged later segments still serve.
+        let last = all.last().unwrap();
+        assert_eq!(log.read(last.0.base_offset, 1).unwrap(), last.1);
+    }
+}
+
+#[test]
+fn a_failed_append_leaves_the_epoch_cache_as_it_was() {
+    let h = MemHarness::new();
+    let log = h.open(LogConfig::default());
+    log.append_as_leader(&mut batch("a", 3, 0), 1).unwrap();
+    log.assign_epoch(6).unwrap(); // a new leader that has written nothing yet
+    let before = (log.epochs(), log.offsets());
+    h.dir.set_space_left(Some(0));
+    let err = log.append_as_leader(&mut batch("b", 2, 0), 7).unwrap_err();
+    assert!(err.is_disk_full(), "{err}");
+    assert_eq!((log.epochs(), log.offsets()), before);
+    h.dir.set_space_left(None);
+    drop(log);
+    let log = h.open(LogConfig::default());
+    // Epoch 7 never reached the disk; epoch 6 wrote nothing, so a reopen forgets it (as Kafka's
+    // recovery does), exactly as it would have without the failed append.
+    assert_eq!(log.epochs(), before.0[..1].to_vec());
+}
