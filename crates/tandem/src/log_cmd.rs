@@ -156,7 +156,7 @@ fn dump(dir: PathBuf, records: bool) -> anyhow::Result<ExitCode> {
     let mut out = std::io::BufWriter::new(stdout.lock());
     let mut segment = String::new();
     let mut write_error = None;
-    let report = inspect(&dir, |batch| {
+    let inspected = inspect(&dir, |batch| {
         if write_error.is_some() {
             return;
         }
@@ -174,7 +174,11 @@ fn dump(dir: PathBuf, records: bool) -> anyhow::Result<ExitCode> {
         if let Err(e) = result {
             write_error = Some(e);
         }
-    })?;
+    });
+    let report = match inspected {
+        Ok(report) => report,
+        Err(e) => return unreadable(&dir, e),
+    };
     if let Some(e) = write_error {
         if e.kind() != std::io::ErrorKind::BrokenPipe {
             return Err(e).context("writing the dump");
@@ -261,8 +265,22 @@ fn print_summary(
     Ok(())
 }
 
+/// An unreadable file is damage (exit 1), like a bad CRC; only "not a log" is a usage error.
+fn unreadable(dir: &std::path::Path, e: tandem_storage::StorageError) -> anyhow::Result<ExitCode> {
+    match e {
+        tandem_storage::StorageError::Io { .. } => {
+            println!("CORRUPT: {} cannot be read: {e}", dir.display());
+            Ok(ExitCode::from(1))
+        }
+        other => Err(other.into()),
+    }
+}
+
 fn check(dir: PathBuf) -> anyhow::Result<ExitCode> {
-    let report = inspect(&dir, |_| {})?;
+    let report = match inspect(&dir, |_| {}) {
+        Ok(report) => report,
+        Err(e) => return unreadable(&dir, e),
+    };
     let stdout = std::io::stdout();
     let mut out = stdout.lock();
     print_summary(&mut out, &report)?;
