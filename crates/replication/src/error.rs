@@ -96,7 +96,9 @@ pub enum ReadError {
         request_epoch: i32,
         current_epoch: i32,
     },
-    #[error("offset {offset} is out of range: the log holds [{log_start_offset}, {log_end_offset})")]
+    #[error(
+        "offset {offset} is out of range: the log holds [{log_start_offset}, {log_end_offset})"
+    )]
     OffsetOutOfRange {
         offset: i64,
         log_start_offset: i64,

@@ -1,0 +1,140 @@
+//! Answering fetches (rule 2): a follower's fetch is answered by the leader with records up to
+//! its LEO, or with the diverging epoch when the follower's log parts from the leader's; a
+//! consumer's fetch is answered by any replica with records below its HW. With nothing new,
+//! a fetch is parked until an append, a HW change or its max wait.
+
+use super::*;
+use crate::types::{DivergingEpoch, FetchData, ReadRange};
+
+impl Replica {
+    pub(super) fn on_fetch(&mut self, id: RequestId, request: FetchRequest, out: &mut Vec<Action>) {
+        match self.accept_fetch(&request, out) {
+            Err(e) => out.push(Action::RespondFetch { id, result: Err(e) }),
+            Ok(Some(answer)) => out.push(Action::RespondFetch {
+                id,
+                result: Ok(answer),
+            }),
+            Ok(None) => self.parked.push(ParkedFetch {
+                id,
+                deadline_ms: self.now_ms.saturating_add(request.max_wait_ms),
+                request,
+            }),
+        }
+    }
+
+    /// Validates a fetch on arrival; a follower's fetch also reports its LEO (once, here).
+    /// `Ok(None)` means park it.
+    fn accept_fetch(
+        &mut self,
+        request: &FetchRequest,
+        out: &mut Vec<Action>,
+    ) -> Result<Option<FetchData<ReadRange>>, ReadError> {
+        if let Some(diverging) = self.validate_fetch(request)? {
+            return Ok(Some(self.fetch_answer(request, Some(diverging))));
+        }
+        if let Some(replica_id) = request.replica_id {
+            self.record_follower_fetch(replica_id, request.fetch_offset, out);
+        }
+        if request.max_wait_ms <= 0 || self.fetch_has_news(request) {
+            Ok(Some(self.fetch_answer(request, None)))
+        } else {
+            Ok(None)
+        }
+    }
+
+    /// Answers a parked fetch now, checking it again: the epoch or role may have moved on.
+    pub(super) fn recheck_fetch(
+        &mut self,
+        request: &FetchRequest,
+    ) -> Result<FetchData<ReadRange>, ReadError> {
+        let diverging = self.validate_fetch(request)?;
+        Ok(self.fetch_answer(request, diverging))
+    }
+
+    /// The epoch fence, who may fetch, divergence (followers), then the offset range.
+    fn validate_fetch(&self, request: &FetchRequest) -> Result<Option<DivergingEpoch>, ReadError> {
+        let Some(replica_id) = request.replica_id else {
+            self.check_fence(request.current_leader_epoch, false)?;
+            self.check_fetch_range(request.fetch_offset)?;
+            return Ok(None);
+        };
+        self.check_fence(request.current_leader_epoch, true)?;
+        if !self.is_follower_of_mine(replica_id) {
+            return Err(ReadError::NotFollower { replica_id });
+        }
+        if let Some(diverging) = self.divergence(request) {
+            return Ok(Some(diverging));
+        }
+        self.check_fetch_range(request.fetch_offset)?;
+        Ok(None)
+    }
+
+    fn check_fetch_range(&self, offset: i64) -> Result<(), ReadError> {
+        if offset < self.log.log_start_offset || offset > self.log.log_end_offset {
+            return Err(ReadError::OffsetOutOfRange {
+                offset,
+                log_start_offset: self.log.log_start_offset,
+                log_end_offset: self.log.log_end_offset,
+            });
+        }
+        Ok(())
+    }
+
+    /// Rule 6 on the leader (KAFKA-10554): the follower's log diverges if the leader does not
+    /// have its last fetched epoch, or that epoch ends here before the follower's fetch offset.
+    /// The answer names the largest epoch ≤ the follower's that the leader has, and where it
+    /// ends here; the follower truncates there and fetches again.
+    fn divergence(&self, request: &FetchRequest) -> Option<DivergingEpoch> {
+        let last_fetched_epoch = request.last_fetched_epoch?;
+        let end = self.leader_end_offset_for(last_fetched_epoch)?;
+        if end.epoch < last_fetched_epoch || end.start_offset < request.fetch_offset {
+            Some(DivergingEpoch {
+                epoch: end.epoch,
+                end_offset: end.start_offset,
+            })
+        } else {
+            None
+        }
+    }
+
+    /// Whether a parked fetch has something to be told: new records for a follower (or a HW
+    /// it has not seen), newly committed records for a consumer.
+    pub(super) fn fetch_has_news(&self, request: &FetchRequest) -> bool {
+        match request.replica_id {
+            Some(replica_id) => {
+                request.fetch_offset < self.log.log_end_offset
+                    || self.last_sent_high_watermark(replica_id) != Some(self.high_watermark)
+            }
+            None => request.fetch_offset < self.high_watermark,
+        }
+    }
+
+    fn fetch_answer(
+        &mut self,
+        request: &FetchRequest,
+        diverging_epoch: Option<DivergingEpoch>,
+    ) -> FetchData<ReadRange> {
+        // Followers replicate the whole log; consumers see committed records only.
+        let end_offset = match (diverging_epoch, request.replica_id) {
+            (Some(_), _) => request.fetch_offset,
+            (None, Some(_)) => self.log.log_end_offset,
+            (None, None) => self.high_watermark,
+        };
+        // A diverging answer's HW is not applied by the follower (KAFKA-14704): not "sent".
+        if let (Some(replica_id), None) = (request.replica_id, diverging_epoch) {
+            self.note_high_watermark_sent(replica_id);
+        }
+        FetchData {
+            high_watermark: self.high_watermark,
+            log_start_offset: self.log.log_start_offset,
+            log_end_offset: self.log.log_end_offset,
+            diverging_epoch,
+            records: ReadRange {
+                offset: request.fetch_offset,
+                max_bytes: request.max_bytes,
+                end_offset: end_offset.max(request.fetch_offset),
+            },
+            flush_up_to: self.flush_up_to(),
+        }
+    }
+}
