@@ -1,0 +1,938 @@
+//! One Tandem node: its controller voter (if it is one), its session with the active
+//! controller, the committed metadata it acts on, and its partition replicas.
+//!
+//! ```text
+//!  controller quorum ──FetchMetadata (long poll)──> apply_metadata ──> PartitionHandle::send(Metadata)
+//!        ^  ^                                                   └──> start / stop replicas
+//!        │  └──Heartbeat (LEOs) every heartbeat_interval_ms ──> lease (rule 8), fenced? register again
+//!        └────Register (new incarnation per process)
+//!  partitions ──Outbound──> dispatch ──> peers (replica fetch, flush report) / controller (AlterPartition)
+//! ```
+//!
+//! Everything that crosses the network goes through [`Peers`], so that tests can run many
+//! nodes in one process and the server can carry the same calls over TCP.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use parking_lot::{Mutex, RwLock};
+use tandem_controller::model::{Endpoint, PartitionIndex};
+use tandem_controller::{
+    AlterPartitionRequest, ControllerError, ControllerRequest, ControllerResponse,
+    CreateTopicRequest, HeartbeatRequest, IsrMember, LeaderLease, Metadata, NodeStatus,
+    RegisterRequest, ReplicaLeo, TopicId,
+};
+use tandem_replication::types::{
+    FetchData, FetchRequest, IsrState, NodeId, PartitionState, ProduceOk, ProduceRequest,
+    ReplicaConfig,
+};
+use tandem_replication::{IsrChangeError, ProduceError, ReadError};
+use tandem_storage::{DiskLog, Log, LogConfig};
+use tokio::sync::{mpsc, oneshot, watch};
+use tracing::{info, warn};
+
+use crate::partition::{
+    Input, OffsetQuery, Outbound, PartitionHandle, PartitionStats, TopicPartition,
+};
+
+pub type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
+
+/// Why a call to another node got no answer.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("node at {address} unreachable: {reason}")]
+pub struct Unreachable {
+    pub address: String,
+    pub reason: String,
+}
+
+/// The calls a node makes to other nodes. The server implements them over TCP with Tandem's
+/// API key; tests wire nodes together in memory.
+pub trait Peers: Send + Sync + 'static {
+    fn replica_fetch(
+        &self,
+        address: String,
+        partition: TopicPartition,
+        request: FetchRequest,
+    ) -> BoxFuture<Result<FetchData<Bytes>, FetchFailure>>;
+    fn flush_report(
+        &self,
+        address: String,
+        partition: TopicPartition,
+        replica_id: NodeId,
+        leader_epoch: i32,
+        flushed_offset: i64,
+    ) -> BoxFuture<Result<(), Unreachable>>;
+    fn controller(
+        &self,
+        address: String,
+        request: ControllerRequest,
+    ) -> BoxFuture<Result<ControllerResponse, Unreachable>>;
+}
+
+/// A replica fetch that failed: the leader said why, or it could not be reached.
+#[derive(Debug, Clone)]
+pub enum FetchFailure {
+    Refused(ReadError),
+    Unreachable(Unreachable),
+}
+
+/// Settings of one node.
+#[derive(Debug, Clone)]
+pub struct NodeConfig {
+    pub node_id: NodeId,
+    /// host:port clients and peers use to reach this node.
+    pub advertised_address: String,
+    pub data_dir: PathBuf,
+    /// The controller voters, id -> host:port. Every node knows them; a node among them runs
+    /// a voter.
+    pub voters: BTreeMap<u64, String>,
+    pub replica: ReplicaConfig,
+    /// Long-poll wait for metadata.
+    pub metadata_wait_ms: u32,
+    /// Pause before retrying a controller call that found no active controller.
+    pub controller_retry_ms: u64,
+}
+
+impl NodeConfig {
+    pub fn new(
+        node_id: NodeId,
+        advertised_address: String,
+        data_dir: PathBuf,
+        voters: BTreeMap<u64, String>,
+    ) -> NodeConfig {
+        NodeConfig {
+            node_id,
+            advertised_address,
+            data_dir,
+            voters,
+            replica: ReplicaConfig {
+                // On one machine's loopback a follower that misses a few fetches is gone:
+                // fail over fast (Kafka's 30 s default is tuned for data centres).
+                replica_lag_time_max_ms: 2_000,
+                replica_fetch_wait_max_ms: 200,
+                replica_fetch_backoff_ms: 50,
+                replica_fetch_timeout_ms: 2_000,
+                isr_change_backoff_ms: 100,
+                ..ReplicaConfig::default()
+            },
+            metadata_wait_ms: 1_000,
+            controller_retry_ms: 50,
+        }
+    }
+}
+
+struct Session {
+    incarnation: Option<u64>,
+    lease: LeaderLease,
+    heartbeat_interval_ms: i64,
+}
+
+struct Replica {
+    handle: PartitionHandle,
+    topic_id: TopicId,
+    index: PartitionIndex,
+    /// The last partition state given to the core, to skip repeats.
+    applied: Option<(i32, i32)>,
+}
+
+/// One running node.
+pub struct Node {
+    config: NodeConfig,
+    peers: Arc<dyn Peers>,
+    process_id: u128,
+    started: Instant,
+    session: Mutex<Session>,
+    metadata: RwLock<(u64, Arc<Metadata>)>,
+    replicas: RwLock<BTreeMap<TopicPartition, Replica>>,
+    outbound: mpsc::UnboundedSender<Outbound>,
+    /// The voter believed to be the active controller.
+    active_controller: Mutex<Option<u64>>,
+    /// Woken to fetch metadata now (a partition saw a newer epoch).
+    metadata_nudge: tokio::sync::Notify,
+    stopping: watch::Sender<bool>,
+}
+
+impl Node {
+    /// Starts the node's loops on the current tokio runtime.
+    pub fn start(config: NodeConfig, peers: Arc<dyn Peers>) -> Arc<Node> {
+        let (outbound, outbound_rx) = mpsc::unbounded_channel();
+        let (stopping, _) = watch::channel(false);
+        let process_id = process_id();
+        let node = Arc::new(Node {
+            config,
+            peers,
+            process_id,
+            started: Instant::now(),
+            session: Mutex::new(Session {
+                incarnation: None,
+                lease: LeaderLease::new(),
+                heartbeat_interval_ms: 100,
+            }),
+            metadata: RwLock::new((0, Arc::new(Metadata::default()))),
+            replicas: RwLock::new(BTreeMap::new()),
+            outbound,
+            active_controller: Mutex::new(None),
+            metadata_nudge: tokio::sync::Notify::new(),
+            stopping,
+        });
+        tokio::spawn(Arc::clone(&node).session_loop());
+        tokio::spawn(Arc::clone(&node).metadata_loop());
+        tokio::spawn(Arc::clone(&node).dispatch_loop(outbound_rx));
+        node
+    }
+
+    pub fn node_id(&self) -> NodeId {
+        self.config.node_id
+    }
+
+    pub fn config(&self) -> &NodeConfig {
+        &self.config
+    }
+
+    fn now_ms(&self) -> i64 {
+        self.started.elapsed().as_millis() as i64
+    }
+
+    fn stopped(&self) -> bool {
+        *self.stopping.borrow()
+    }
+
+    /// The committed metadata this node acts on, and its version.
+    pub fn metadata(&self) -> (u64, Arc<Metadata>) {
+        self.metadata.read().clone()
+    }
+
+    /// The incarnation the controller gave this process, once registered.
+    pub fn incarnation(&self) -> Option<u64> {
+        self.session.lock().incarnation
+    }
+
+    /// Does this node hold a valid lease from the controller (DESIGN.md rule 8)?
+    pub fn has_lease(&self) -> bool {
+        self.session.lock().lease.is_valid(self.now_ms())
+    }
+
+    /// The live figures of each local replica.
+    pub fn replica_stats(&self) -> Vec<(TopicPartition, Arc<PartitionStats>)> {
+        self.replicas
+            .read()
+            .iter()
+            .map(|(tp, r)| (tp.clone(), Arc::clone(&r.handle.stats)))
+            .collect()
+    }
+
+    // ---- requests from clients and peers ----
+
+    fn not_leader_hint(&self, partition: &TopicPartition) -> (Option<NodeId>, i32) {
+        let (_, metadata) = self.metadata();
+        metadata
+            .topic_by_name(&partition.topic)
+            .and_then(|t| t.partitions.get(partition.partition as usize))
+            .map_or((None, -1), |p| (p.leader, p.leader_epoch))
+    }
+
+    /// Is the partition known to the cluster at all?
+    pub fn partition_exists(&self, partition: &TopicPartition) -> bool {
+        let (_, metadata) = self.metadata();
+        metadata.topic_by_name(&partition.topic).is_some_and(|t| {
+            partition.partition >= 0 && (partition.partition as usize) < t.partitions.len()
+        })
+    }
+
+    fn send_to(&self, partition: &TopicPartition, input: Input) -> bool {
+        match self.replicas.read().get(partition) {
+            Some(replica) => replica.handle.send(input),
+            None => false,
+        }
+    }
+
+    /// A produce for a partition this node should lead.
+    pub async fn produce(
+        &self,
+        partition: &TopicPartition,
+        request: ProduceRequest,
+    ) -> Result<ProduceOk, ProduceError> {
+        // Rule 8: a leader that has lost touch with the controller for its lease period may
+        // already have a successor; stop taking writes that would be thrown away.
+        if !self.has_lease() {
+            let (leader, leader_epoch) = self.not_leader_hint(partition);
+            return Err(ProduceError::NotLeader {
+                leader,
+                leader_epoch,
+            });
+        }
+        let acks_none = request.acks == tandem_replication::types::Acks::None;
+        let (reply, answer) = oneshot::channel();
+        let sent = self.send_to(
+            partition,
+            Input::Produce {
+                request,
+                reply: (!acks_none).then_some(reply),
+            },
+        );
+        if !sent {
+            let (leader, leader_epoch) = self.not_leader_hint(partition);
+            return Err(ProduceError::NotLeader {
+                leader,
+                leader_epoch,
+            });
+        }
+        if acks_none {
+            return Ok(ProduceOk {
+                base_offset: -1,
+                log_start_offset: -1,
+            });
+        }
+        answer
+            .await
+            .unwrap_or_else(|_| Err(ProduceError::Storage("the replica stopped".into())))
+    }
+
+    /// A fetch from a consumer or a follower.
+    pub async fn fetch(
+        &self,
+        partition: &TopicPartition,
+        request: FetchRequest,
+    ) -> Result<FetchData<Bytes>, ReadError> {
+        let (reply, answer) = oneshot::channel();
+        if !self.send_to(partition, Input::Fetch { request, reply }) {
+            let (leader, leader_epoch) = self.not_leader_hint(partition);
+            return Err(ReadError::NotLeader {
+                leader,
+                leader_epoch,
+            });
+        }
+        answer
+            .await
+            .unwrap_or_else(|_| Err(ReadError::Storage("the replica stopped".into())))
+    }
+
+    pub async fn list_offset(
+        &self,
+        partition: &TopicPartition,
+        query: OffsetQuery,
+        current_leader_epoch: Option<i32>,
+    ) -> Result<i64, ReadError> {
+        let (reply, answer) = oneshot::channel();
+        let input = Input::ListOffset {
+            query,
+            current_leader_epoch,
+            reply,
+        };
+        if !self.send_to(partition, input) {
+            let (leader, leader_epoch) = self.not_leader_hint(partition);
+            return Err(ReadError::NotLeader {
+                leader,
+                leader_epoch,
+            });
+        }
+        answer
+            .await
+            .unwrap_or_else(|_| Err(ReadError::Storage("the replica stopped".into())))
+    }
+
+    /// A follower's flushed-offset report.
+    pub fn flush_report(
+        &self,
+        partition: &TopicPartition,
+        replica_id: NodeId,
+        leader_epoch: i32,
+        flushed_offset: i64,
+    ) -> bool {
+        self.send_to(
+            partition,
+            Input::Event(tandem_replication::Event::FlushReport {
+                replica_id,
+                leader_epoch,
+                flushed_offset,
+            }),
+        )
+    }
+
+    pub async fn create_topic(
+        &self,
+        request: CreateTopicRequest,
+    ) -> Result<TopicId, ControllerError> {
+        match self
+            .call_controller(ControllerRequest::CreateTopic(request))
+            .await?
+        {
+            ControllerResponse::CreateTopic(result) => {
+                let id = result?;
+                self.wait_for_metadata_with(|m| m.topics.contains_key(&id))
+                    .await;
+                Ok(id)
+            }
+            other => Err(unexpected(other)),
+        }
+    }
+
+    pub async fn delete_topic(&self, name: &str) -> Result<TopicId, ControllerError> {
+        let request = ControllerRequest::DeleteTopic {
+            name: name.to_string(),
+        };
+        match self.call_controller(request).await? {
+            ControllerResponse::DeleteTopic(result) => result,
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Waits (bounded) until the metadata this node acts on satisfies `ready`.
+    async fn wait_for_metadata_with(&self, ready: impl Fn(&Metadata) -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if ready(&self.metadata().1) {
+                return;
+            }
+            self.metadata_nudge.notify_one();
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    // ---- the controller ----
+
+    /// Sends a request to the active controller, following "not the controller" hints, for up
+    /// to a few seconds while an election settles.
+    pub async fn call_controller(
+        &self,
+        request: ControllerRequest,
+    ) -> Result<ControllerResponse, ControllerError> {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let voters: Vec<u64> = self.config.voters.keys().copied().collect();
+        let mut attempt = 0usize;
+        loop {
+            let target = self
+                .active_controller
+                .lock()
+                .unwrap_or(voters[attempt % voters.len()]);
+            attempt += 1;
+            let Some(address) = self.config.voters.get(&target).cloned() else {
+                *self.active_controller.lock() = None;
+                continue;
+            };
+            let outcome = self.peers.controller(address, request.clone()).await;
+            let retry_reason = match outcome {
+                Ok(response) => match not_controller_hint(&response) {
+                    None => {
+                        *self.active_controller.lock() = Some(target);
+                        return Ok(response);
+                    }
+                    Some(hint) => {
+                        *self.active_controller.lock() = hint;
+                        "not the active controller".to_string()
+                    }
+                },
+                Err(e) => {
+                    *self.active_controller.lock() = None;
+                    e.to_string()
+                }
+            };
+            if Instant::now() >= deadline || self.stopped() {
+                return Err(ControllerError::Unavailable(format!(
+                    "no active controller answered: {retry_reason}"
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(self.config.controller_retry_ms)).await;
+        }
+    }
+
+    async fn register(&self) -> Option<u64> {
+        let (host, port) = split_address(&self.config.advertised_address);
+        let request = RegisterRequest {
+            node_id: self.config.node_id,
+            process_id: self.process_id,
+            addresses: vec![Endpoint {
+                listener: "tandem".into(),
+                host,
+                port,
+            }],
+            rack: None,
+            previous_shutdown_clean: false,
+        };
+        match self
+            .call_controller(ControllerRequest::Register(request))
+            .await
+        {
+            Ok(ControllerResponse::Register(Ok(reply))) => {
+                let mut session = self.session.lock();
+                session.incarnation = Some(reply.incarnation);
+                session.heartbeat_interval_ms = reply.heartbeat_interval_ms;
+                info!(
+                    node = self.config.node_id,
+                    incarnation = reply.incarnation,
+                    "registered"
+                );
+                Some(reply.incarnation)
+            }
+            Ok(other) => {
+                warn!(node = self.config.node_id, answer = ?other, "registration refused");
+                None
+            }
+            Err(e) => {
+                warn!(node = self.config.node_id, error = %e, "registration failed");
+                None
+            }
+        }
+    }
+
+    /// Registers, then heartbeats with the replicas' LEOs; keeps the lease fresh.
+    async fn session_loop(self: Arc<Self>) {
+        let mut stop = self.stopping.subscribe();
+        while !self.stopped() {
+            let incarnation = match self.incarnation() {
+                Some(i) => i,
+                None => match self.register().await {
+                    Some(i) => i,
+                    None => {
+                        tokio::time::sleep(Duration::from_millis(self.config.controller_retry_ms))
+                            .await;
+                        continue;
+                    }
+                },
+            };
+            let sent_at = self.now_ms();
+            let request = HeartbeatRequest {
+                node_id: self.config.node_id,
+                incarnation,
+                replica_leos: self.replica_leos(),
+                want_shutdown: false,
+            };
+            match self
+                .call_controller(ControllerRequest::Heartbeat(request))
+                .await
+            {
+                Ok(ControllerResponse::Heartbeat(Ok(reply))) => {
+                    let mut session = self.session.lock();
+                    session.lease.on_heartbeat_reply(sent_at, reply.lease_ms);
+                    if reply.status == NodeStatus::Fenced {
+                        warn!(
+                            node = self.config.node_id,
+                            "fenced by the controller; registering again"
+                        );
+                        session.incarnation = None;
+                        session.lease.revoke();
+                    }
+                    drop(session);
+                    if reply.metadata_version > self.metadata().0 {
+                        self.metadata_nudge.notify_one();
+                    }
+                }
+                Ok(ControllerResponse::Heartbeat(Err(
+                    ControllerError::StaleIncarnation { .. }
+                    | ControllerError::NodeFenced { .. }
+                    | ControllerError::UnknownNode { .. },
+                ))) => {
+                    let mut session = self.session.lock();
+                    session.incarnation = None;
+                    session.lease.revoke();
+                }
+                Ok(other) => debug_unexpected(&other),
+                Err(e) => warn!(node = self.config.node_id, error = %e, "heartbeat failed"),
+            }
+            let interval = self.session.lock().heartbeat_interval_ms.max(10) as u64;
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_millis(interval)) => {}
+                _ = stop.changed() => {}
+            }
+        }
+    }
+
+    fn replica_leos(&self) -> Vec<ReplicaLeo> {
+        self.replicas
+            .read()
+            .values()
+            .map(|r| ReplicaLeo {
+                topic_id: r.topic_id,
+                partition: r.index,
+                log_end_offset: r
+                    .handle
+                    .stats
+                    .log_end_offset
+                    .load(std::sync::atomic::Ordering::Relaxed),
+            })
+            .collect()
+    }
+
+    /// Long-polls committed metadata and acts on each new version.
+    async fn metadata_loop(self: Arc<Self>) {
+        let mut stop = self.stopping.subscribe();
+        while !self.stopped() {
+            let since = self.metadata().0;
+            let request = ControllerRequest::FetchMetadata {
+                since_version: since,
+                max_wait_ms: self.config.metadata_wait_ms,
+            };
+            // Any voter answers with committed metadata; ask them in turn.
+            let mut fetched = None;
+            for address in self.config.voters.values() {
+                match self
+                    .peers
+                    .controller(address.clone(), request.clone())
+                    .await
+                {
+                    Ok(ControllerResponse::FetchMetadata(Ok(view))) => {
+                        fetched = Some(view);
+                        break;
+                    }
+                    Ok(_) | Err(_) => continue,
+                }
+            }
+            match fetched {
+                Some(view) => {
+                    if let Some(metadata) = view.metadata {
+                        if view.version > self.metadata().0 {
+                            self.apply_metadata(view.version, Arc::new(metadata));
+                        }
+                    }
+                }
+                None => {
+                    tokio::select! {
+                        _ = tokio::time::sleep(Duration::from_millis(self.config.controller_retry_ms)) => {}
+                        _ = self.metadata_nudge.notified() => {}
+                        _ = stop.changed() => {}
+                    }
+                }
+            }
+        }
+    }
+
+    /// Starts replicas newly assigned here, stops those no longer assigned, and gives every
+    /// local replica its partition state: act only on committed metadata (rule 5).
+    fn apply_metadata(&self, version: u64, metadata: Arc<Metadata>) {
+        *self.metadata.write() = (version, Arc::clone(&metadata));
+        let me = self.config.node_id;
+        let mut replicas = self.replicas.write();
+        let mut assigned = BTreeMap::new();
+        for (topic, index, state) in metadata.partitions() {
+            if state.replicas.contains(&me) {
+                let tp = TopicPartition {
+                    topic: topic.name.clone(),
+                    partition: index as i32,
+                };
+                assigned.insert(tp, (topic.id, index, topic.config.clone(), state.clone()));
+            }
+        }
+        let gone: Vec<TopicPartition> = replicas
+            .keys()
+            .filter(|tp| !assigned.contains_key(*tp))
+            .cloned()
+            .collect();
+        for tp in gone {
+            if let Some(replica) = replicas.remove(&tp) {
+                info!(node = me, partition = %tp, "replica no longer assigned here; stopping it");
+                replica.handle.stop();
+                let dir = self.log_dir(&tp);
+                if let Err(e) = std::fs::remove_dir_all(&dir) {
+                    warn!(node = me, dir = %dir.display(), error = %e, "could not delete the replica's log");
+                }
+            }
+        }
+        for (tp, (topic_id, index, config, state)) in assigned {
+            if !replicas.contains_key(&tp) {
+                match self.open_replica(&tp, &config) {
+                    Ok(handle) => {
+                        replicas.insert(
+                            tp.clone(),
+                            Replica {
+                                handle,
+                                topic_id,
+                                index,
+                                applied: None,
+                            },
+                        );
+                    }
+                    Err(e) => {
+                        warn!(node = me, partition = %tp, error = %e, "could not open the replica's log");
+                        continue;
+                    }
+                }
+            }
+            let Some(replica) = replicas.get_mut(&tp) else {
+                continue;
+            };
+            let key = (state.leader_epoch, state.partition_epoch);
+            if replica.applied == Some(key) {
+                continue;
+            }
+            replica.applied = Some(key);
+            replica
+                .handle
+                .send(Input::Event(tandem_replication::Event::Metadata(
+                    PartitionState {
+                        leader: state.leader,
+                        leader_epoch: state.leader_epoch,
+                        partition_epoch: state.partition_epoch,
+                        isr: state.isr.iter().copied().collect(),
+                        replicas: state.replicas.clone(),
+                        min_insync_replicas: config.min_insync_replicas as usize,
+                    },
+                )));
+        }
+    }
+
+    fn log_dir(&self, tp: &TopicPartition) -> PathBuf {
+        self.config.data_dir.join("logs").join(tp.to_string())
+    }
+
+    fn open_replica(
+        &self,
+        tp: &TopicPartition,
+        config: &tandem_controller::TopicConfig,
+    ) -> Result<PartitionHandle, tandem_storage::StorageError> {
+        let log_config = LogConfig {
+            flush: config.flush.into(),
+            retention_ms: config.retention_ms,
+            retention_bytes: config.retention_bytes,
+            max_batch_bytes: config.max_message_bytes as usize,
+            ..LogConfig::default()
+        };
+        let log: Arc<dyn Log> = Arc::new(DiskLog::open_path(self.log_dir(tp), log_config)?);
+        let mut replica_config = self.config.replica.clone();
+        replica_config.max_batch_bytes = config.max_message_bytes as usize;
+        replica_config.flush_after_append =
+            matches!(config.flush, tandem_controller::model::FlushPolicy::Always);
+        PartitionHandle::start(
+            tp.clone(),
+            self.config.node_id,
+            replica_config,
+            log,
+            self.outbound.clone(),
+        )
+    }
+
+    fn address_of(&self, node_id: NodeId) -> Option<String> {
+        let (_, metadata) = self.metadata();
+        metadata
+            .node(node_id)
+            .and_then(|n| n.addresses.first())
+            .map(|e| format!("{}:{}", e.host, e.port))
+    }
+
+    /// Carries what partitions ask to send; each call runs on its own task, and its answer
+    /// goes back to the partition as an event.
+    async fn dispatch_loop(self: Arc<Self>, mut outbound: mpsc::UnboundedReceiver<Outbound>) {
+        while let Some(message) = outbound.recv().await {
+            let node = Arc::clone(&self);
+            tokio::spawn(async move { node.dispatch(message).await });
+        }
+    }
+
+    async fn dispatch(&self, message: Outbound) {
+        match message {
+            Outbound::Fetch {
+                partition,
+                to,
+                fetch_id,
+                request,
+            } => {
+                let event = match self.address_of(to) {
+                    None => tandem_replication::Event::FetchFailed { fetch_id },
+                    Some(address) => {
+                        match self
+                            .peers
+                            .replica_fetch(address, partition.clone(), request)
+                            .await
+                        {
+                            Ok(data) => tandem_replication::Event::FetchResponse {
+                                fetch_id,
+                                response: Ok(data),
+                            },
+                            Err(FetchFailure::Refused(error)) => {
+                                tandem_replication::Event::FetchResponse {
+                                    fetch_id,
+                                    response: Err(error),
+                                }
+                            }
+                            Err(FetchFailure::Unreachable(_)) => {
+                                tandem_replication::Event::FetchFailed { fetch_id }
+                            }
+                        }
+                    }
+                };
+                self.send_to(&partition, Input::Event(event));
+            }
+            Outbound::FlushReport {
+                partition,
+                to,
+                leader_epoch,
+                flushed_offset,
+            } => {
+                if let Some(address) = self.address_of(to) {
+                    let me = self.config.node_id;
+                    let _ = self
+                        .peers
+                        .flush_report(address, partition, me, leader_epoch, flushed_offset)
+                        .await;
+                }
+            }
+            Outbound::ProposeIsr {
+                partition,
+                leader_epoch,
+                partition_epoch,
+                isr,
+            } => {
+                let result = self
+                    .propose_isr(&partition, leader_epoch, partition_epoch, isr)
+                    .await;
+                self.send_to(
+                    &partition,
+                    Input::Event(tandem_replication::Event::IsrChangeResult(result)),
+                );
+            }
+            Outbound::RefreshMetadata => self.metadata_nudge.notify_one(),
+        }
+    }
+
+    async fn propose_isr(
+        &self,
+        partition: &TopicPartition,
+        leader_epoch: i32,
+        partition_epoch: i32,
+        isr: Vec<NodeId>,
+    ) -> Result<IsrState, IsrChangeError> {
+        let (_, metadata) = self.metadata();
+        let Some(topic) = metadata.topic_by_name(&partition.topic) else {
+            return Err(IsrChangeError::InvalidRequest);
+        };
+        let Some(incarnation) = self.incarnation() else {
+            return Err(IsrChangeError::Unavailable);
+        };
+        let new_isr = isr
+            .iter()
+            .map(|id| IsrMember {
+                node_id: *id,
+                incarnation: metadata.node(*id).map_or(0, |n| n.incarnation),
+            })
+            .collect();
+        let request = AlterPartitionRequest {
+            node_id: self.config.node_id,
+            incarnation,
+            topic_id: topic.id,
+            partition: partition.partition as PartitionIndex,
+            leader_epoch,
+            partition_epoch,
+            new_isr,
+            leader_recovered: false,
+        };
+        match self
+            .call_controller(ControllerRequest::AlterPartition(request))
+            .await
+        {
+            Ok(ControllerResponse::AlterPartition(Ok(state))) => Ok(IsrState {
+                leader_epoch: state.leader_epoch,
+                partition_epoch: state.partition_epoch,
+                isr: state.isr.iter().copied().collect(),
+            }),
+            Ok(ControllerResponse::AlterPartition(Err(e))) => Err(isr_error(e)),
+            Ok(other) => {
+                debug_unexpected(&other);
+                Err(IsrChangeError::Unavailable)
+            }
+            Err(e) => {
+                warn!(node = self.config.node_id, partition = %partition, error = %e, "ISR proposal got no answer");
+                Err(IsrChangeError::Unavailable)
+            }
+        }
+    }
+
+    /// Stops the node's replicas (final HW checkpoint and flush) and loops. With `controlled`,
+    /// first asks the controller to move this node's leaderships away.
+    pub async fn shutdown(&self, controlled: bool) {
+        if controlled {
+            self.controlled_shutdown().await;
+        }
+        self.stopping.send_replace(true);
+        let replicas = std::mem::take(&mut *self.replicas.write());
+        for (_, replica) in replicas {
+            replica.handle.stop();
+        }
+    }
+
+    async fn controlled_shutdown(&self) {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            let Some(incarnation) = self.incarnation() else {
+                return;
+            };
+            let request = HeartbeatRequest {
+                node_id: self.config.node_id,
+                incarnation,
+                replica_leos: self.replica_leos(),
+                want_shutdown: true,
+            };
+            match self
+                .call_controller(ControllerRequest::Heartbeat(request))
+                .await
+            {
+                Ok(ControllerResponse::Heartbeat(Ok(reply))) if reply.shutdown_ready => {
+                    info!(
+                        node = self.config.node_id,
+                        "leaderships moved away; stopping"
+                    );
+                    return;
+                }
+                Ok(_) => {}
+                Err(_) => return,
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+fn isr_error(error: ControllerError) -> IsrChangeError {
+    match error {
+        ControllerError::FencedLeaderEpoch { .. } => IsrChangeError::FencedLeaderEpoch,
+        ControllerError::InvalidUpdateVersion { .. } => IsrChangeError::InvalidUpdateVersion,
+        ControllerError::IneligibleReplica { .. } => IsrChangeError::IneligibleReplica,
+        ControllerError::InvalidRequest(_) => IsrChangeError::InvalidRequest,
+        _ => IsrChangeError::Unavailable,
+    }
+}
+
+/// The hint in a "not the active controller" answer: `Some(hint)` means ask elsewhere.
+fn not_controller_hint(response: &ControllerResponse) -> Option<Option<u64>> {
+    let error = match response {
+        ControllerResponse::Register(Err(e))
+        | ControllerResponse::Heartbeat(Err(e))
+        | ControllerResponse::CreateTopic(Err(e))
+        | ControllerResponse::DeleteTopic(Err(e))
+        | ControllerResponse::NodeStopped(Err(e))
+        | ControllerResponse::FetchMetadata(Err(e)) => e,
+        ControllerResponse::AlterPartition(Err(e)) => e,
+        _ => return None,
+    };
+    match error {
+        ControllerError::NotController { leader_hint } => Some(*leader_hint),
+        ControllerError::Unavailable(_) => Some(None),
+        _ => None,
+    }
+}
+
+fn unexpected(response: ControllerResponse) -> ControllerError {
+    ControllerError::Unavailable(format!("unexpected controller answer {response:?}"))
+}
+
+fn debug_unexpected(response: &ControllerResponse) {
+    tracing::debug!(answer = ?response, "unexpected controller answer");
+}
+
+fn split_address(address: &str) -> (String, u16) {
+    match address.rsplit_once(':') {
+        Some((host, port)) => (host.to_string(), port.parse().unwrap_or(0)),
+        None => (address.to_string(), 0),
+    }
+}
+
+/// A random id for this process, so that the controller tells a retried registration from a
+/// restart. Time and pid are enough to be unique on one machine.
+fn process_id() -> u128 {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    nanos ^ ((std::process::id() as u128) << 96)
+}

@@ -1,0 +1,405 @@
+//! One partition replica at run time: the replication core, its log, and the thread that
+//! drives them.
+//!
+//! ```text
+//!  requests, fetch answers,      ┌──────────── partition thread ────────────┐
+//!  metadata, ISR results  ─────> │ Input ─> Replica::step(now, event)       │
+//!  (std mpsc, any thread)        │   log actions ─> driver::perform ─> event │ ─> replies (oneshot)
+//!                                │   sends ───────────────────────────────> │ ─> Outbound (to the node)
+//!  tick every TICK_MS ─────────> │                                          │
+//!                                └──────────────────────────────────────────┘
+//! ```
+//!
+//! The core is synchronous and does blocking file I/O through the driver, so each partition
+//! gets its own OS thread rather than a tokio task: an fsync never stalls the network. (A node
+//! with thousands of partitions would want a pool; see docs/server.md.)
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::mpsc;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use tandem_replication::event::{Action, Event};
+use tandem_replication::types::{
+    FetchData, FetchId, FetchRequest, Isolation, NodeId, ProduceOk, ProduceRequest, ReplicaConfig,
+    RequestId,
+};
+use tandem_replication::{driver, ProduceError, ReadError, Replica};
+use tandem_storage::{Log, StorageError};
+use tokio::sync::oneshot;
+use tracing::{debug, warn};
+
+/// How often the core hears the time pass: bounds how late a long poll, a timeout or an ISR
+/// shrink can be.
+const TICK_MS: u64 = 10;
+/// How often the HW is checkpointed (Kafka: every 5 s); also on shutdown.
+const HW_CHECKPOINT_INTERVAL: Duration = Duration::from_secs(5);
+
+/// Which partition.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct TopicPartition {
+    pub topic: String,
+    pub partition: i32,
+}
+
+impl std::fmt::Display for TopicPartition {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}-{}", self.topic, self.partition)
+    }
+}
+
+/// What a partition asks the node to send for it; answers come back as [`Input::Event`].
+#[derive(Debug)]
+pub enum Outbound {
+    Fetch {
+        partition: TopicPartition,
+        to: NodeId,
+        fetch_id: FetchId,
+        request: FetchRequest,
+    },
+    FlushReport {
+        partition: TopicPartition,
+        to: NodeId,
+        leader_epoch: i32,
+        flushed_offset: i64,
+    },
+    ProposeIsr {
+        partition: TopicPartition,
+        leader_epoch: i32,
+        partition_epoch: i32,
+        isr: Vec<NodeId>,
+    },
+    RefreshMetadata,
+}
+
+pub type ProduceReply = oneshot::Sender<Result<ProduceOk, ProduceError>>;
+pub type FetchReply = oneshot::Sender<Result<FetchData<Bytes>, ReadError>>;
+pub type OffsetReply = oneshot::Sender<Result<i64, ReadError>>;
+
+/// Which offset a ListOffsets asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OffsetQuery {
+    Earliest,
+    Latest(Isolation),
+    /// The first offset whose timestamp is at or after this one (ms since the epoch).
+    Timestamp(i64),
+}
+
+/// What the partition thread takes in.
+pub enum Input {
+    Event(Event),
+    Produce {
+        request: ProduceRequest,
+        /// `None` for acks=0: nobody waits.
+        reply: Option<ProduceReply>,
+    },
+    Fetch {
+        request: FetchRequest,
+        reply: FetchReply,
+    },
+    ListOffset {
+        query: OffsetQuery,
+        current_leader_epoch: Option<i32>,
+        reply: OffsetReply,
+    },
+    /// Checkpoint the HW, flush, and stop the thread.
+    Shutdown,
+}
+
+/// Figures other threads read without asking the partition thread.
+#[derive(Debug, Default)]
+pub struct PartitionStats {
+    pub high_watermark: AtomicI64,
+    pub log_end_offset: AtomicI64,
+    pub log_start_offset: AtomicI64,
+    pub leader_epoch: AtomicI64,
+}
+
+/// A running partition replica.
+pub struct PartitionHandle {
+    pub partition: TopicPartition,
+    input: mpsc::Sender<Input>,
+    pub stats: Arc<PartitionStats>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl PartitionHandle {
+    /// Starts the partition's thread over `log`, rebuilding the core's model from it.
+    pub fn start(
+        partition: TopicPartition,
+        node_id: NodeId,
+        config: ReplicaConfig,
+        log: Arc<dyn Log>,
+        outbound: tokio::sync::mpsc::UnboundedSender<Outbound>,
+    ) -> Result<PartitionHandle, StorageError> {
+        let (local_log, high_watermark) = driver::recover(&*log)?;
+        let replica = Replica::new(node_id, config, local_log, high_watermark);
+        let stats = Arc::new(PartitionStats::default());
+        let (input, inbox) = mpsc::channel();
+        let mut runner = Runner {
+            partition: partition.clone(),
+            replica,
+            log,
+            outbound,
+            stats: Arc::clone(&stats),
+            started: Instant::now(),
+            next_request: 0,
+            produces: BTreeMap::new(),
+            fetches: BTreeMap::new(),
+            last_checkpoint: Instant::now(),
+            checkpointed_high_watermark: high_watermark,
+        };
+        runner.publish_stats();
+        let thread = std::thread::Builder::new()
+            .name(format!("partition {partition}"))
+            .spawn(move || runner.run(inbox))
+            .map_err(|e| StorageError::Io {
+                action: "starting the partition thread".into(),
+                dir: String::new(),
+                source: e,
+            })?;
+        Ok(PartitionHandle {
+            partition,
+            input,
+            stats,
+            thread: Some(thread),
+        })
+    }
+
+    /// Hands something to the partition thread; false if it has stopped.
+    pub fn send(&self, input: Input) -> bool {
+        self.input.send(input).is_ok()
+    }
+
+    /// Stops the thread after a final HW checkpoint and flush, and waits for it.
+    pub fn stop(mut self) {
+        let _ = self.input.send(Input::Shutdown);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+impl Drop for PartitionHandle {
+    fn drop(&mut self) {
+        let _ = self.input.send(Input::Shutdown);
+    }
+}
+
+struct Runner {
+    partition: TopicPartition,
+    replica: Replica,
+    log: Arc<dyn Log>,
+    outbound: tokio::sync::mpsc::UnboundedSender<Outbound>,
+    stats: Arc<PartitionStats>,
+    /// The origin of the core's clock: monotonic, as the core requires.
+    started: Instant,
+    next_request: u64,
+    produces: BTreeMap<RequestId, ProduceReply>,
+    fetches: BTreeMap<RequestId, FetchReply>,
+    last_checkpoint: Instant,
+    checkpointed_high_watermark: i64,
+}
+
+impl Runner {
+    fn now_ms(&self) -> i64 {
+        self.started.elapsed().as_millis() as i64
+    }
+
+    fn run(&mut self, inbox: mpsc::Receiver<Input>) {
+        let tick = Duration::from_millis(TICK_MS);
+        let mut next_tick = Instant::now() + tick;
+        loop {
+            let wait = next_tick.saturating_duration_since(Instant::now());
+            match inbox.recv_timeout(wait) {
+                Ok(Input::Shutdown) | Err(mpsc::RecvTimeoutError::Disconnected) => break,
+                Ok(input) => self.handle(input),
+                Err(mpsc::RecvTimeoutError::Timeout) => {}
+            }
+            if Instant::now() >= next_tick {
+                self.step(Event::Tick);
+                next_tick = Instant::now() + tick;
+                if self.last_checkpoint.elapsed() >= HW_CHECKPOINT_INTERVAL {
+                    self.checkpoint_high_watermark();
+                }
+            }
+        }
+        self.checkpoint_high_watermark();
+        if let Err(e) = self.log.close() {
+            warn!(partition = %self.partition, error = %e, "flushing the log at shutdown failed");
+        }
+        // Whoever still waits learns that this replica is gone.
+        for (_, reply) in std::mem::take(&mut self.produces) {
+            let _ = reply.send(Err(ProduceError::Storage("the replica stopped".into())));
+        }
+        for (_, reply) in std::mem::take(&mut self.fetches) {
+            let _ = reply.send(Err(ReadError::Storage("the replica stopped".into())));
+        }
+    }
+
+    fn request_id(&mut self) -> RequestId {
+        self.next_request += 1;
+        RequestId(self.next_request)
+    }
+
+    fn handle(&mut self, input: Input) {
+        match input {
+            Input::Event(event) => self.step(event),
+            Input::Produce { request, reply } => {
+                let id = self.request_id();
+                if let Some(reply) = reply {
+                    self.produces.insert(id, reply);
+                }
+                self.step(Event::Produce { id, request });
+            }
+            Input::Fetch { request, reply } => {
+                let id = self.request_id();
+                self.fetches.insert(id, reply);
+                self.step(Event::Fetch { id, request });
+            }
+            Input::ListOffset {
+                query,
+                current_leader_epoch,
+                reply,
+            } => {
+                let _ = reply.send(self.list_offset(query, current_leader_epoch));
+            }
+            Input::Shutdown => {}
+        }
+    }
+
+    fn list_offset(
+        &self,
+        query: OffsetQuery,
+        current_leader_epoch: Option<i32>,
+    ) -> Result<i64, ReadError> {
+        match query {
+            OffsetQuery::Earliest => self.replica.earliest_offset(current_leader_epoch),
+            OffsetQuery::Latest(isolation) => {
+                self.replica.latest_offset(current_leader_epoch, isolation)
+            }
+            OffsetQuery::Timestamp(timestamp) => {
+                // Only what is committed: the leader answers, below its HW.
+                let high_watermark = self
+                    .replica
+                    .latest_offset(current_leader_epoch, Isolation::Committed)?;
+                match self.log.offset_for_timestamp(timestamp) {
+                    Ok(Some((offset, _))) if offset < high_watermark => Ok(offset),
+                    Ok(_) => Ok(-1),
+                    Err(e) => Err(ReadError::Storage(e.to_string())),
+                }
+            }
+        }
+    }
+
+    /// Feeds one event and performs the actions, including the events the log actions report.
+    fn step(&mut self, event: Event) {
+        let mut events = std::collections::VecDeque::from([event]);
+        while let Some(event) = events.pop_front() {
+            let now = self.now_ms();
+            for action in self.replica.step(now, event) {
+                if let Some(report) = driver::perform(&*self.log, &action) {
+                    events.push_back(report);
+                    continue;
+                }
+                self.deliver(action);
+            }
+        }
+        self.publish_stats();
+    }
+
+    fn deliver(&mut self, action: Action) {
+        let partition = self.partition.clone();
+        match action {
+            Action::Append { .. }
+            | Action::Truncate { .. }
+            | Action::TruncateFullyAndStartAt { .. }
+            | Action::Flush => {} // performed by the driver
+            Action::SendFetch {
+                to,
+                fetch_id,
+                request,
+            } => self.send_out(Outbound::Fetch {
+                partition,
+                to,
+                fetch_id,
+                request,
+            }),
+            Action::SendFlushReport {
+                to,
+                leader_epoch,
+                flushed_offset,
+            } => self.send_out(Outbound::FlushReport {
+                partition,
+                to,
+                leader_epoch,
+                flushed_offset,
+            }),
+            Action::RespondFetch { id, result } => {
+                let Some(reply) = self.fetches.remove(&id) else {
+                    return;
+                };
+                let answer = result.and_then(|data| {
+                    let range = data.records;
+                    driver::read_range(&*self.log, range)
+                        .map(|bytes| data.with_records(bytes))
+                        .map_err(|e| ReadError::Storage(e.to_string()))
+                });
+                let _ = reply.send(answer);
+            }
+            Action::CompleteProduce { id, result } => {
+                if let Some(reply) = self.produces.remove(&id) {
+                    let _ = reply.send(result);
+                }
+            }
+            Action::ProposeIsr {
+                leader_epoch,
+                partition_epoch,
+                isr,
+            } => self.send_out(Outbound::ProposeIsr {
+                partition,
+                leader_epoch,
+                partition_epoch,
+                isr,
+            }),
+            Action::HighWatermarkAdvanced { .. } => {} // checkpointed on a timer
+            Action::RefreshMetadata => self.send_out(Outbound::RefreshMetadata),
+        }
+    }
+
+    fn send_out(&self, message: Outbound) {
+        if self.outbound.send(message).is_err() {
+            debug!(partition = %self.partition, "the node is stopping; dropped an outbound message");
+        }
+    }
+
+    fn publish_stats(&self) {
+        let log = self.replica.local_log();
+        self.stats
+            .high_watermark
+            .store(self.replica.high_watermark(), Ordering::Relaxed);
+        self.stats
+            .log_end_offset
+            .store(log.log_end_offset(), Ordering::Relaxed);
+        self.stats
+            .log_start_offset
+            .store(log.log_start_offset(), Ordering::Relaxed);
+        self.stats
+            .leader_epoch
+            .store(self.replica.leader_epoch() as i64, Ordering::Relaxed);
+    }
+
+    fn checkpoint_high_watermark(&mut self) {
+        self.last_checkpoint = Instant::now();
+        let high_watermark = self.replica.high_watermark();
+        if high_watermark == self.checkpointed_high_watermark {
+            return;
+        }
+        match self.log.checkpoint_high_watermark(high_watermark) {
+            Ok(()) => self.checkpointed_high_watermark = high_watermark,
+            Err(e) => warn!(partition = %self.partition, error = %e, "HW checkpoint failed"),
+        }
+    }
+}

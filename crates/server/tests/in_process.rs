@@ -1,0 +1,313 @@
+//! Three nodes in one process, each with a controller voter, wired by an in-memory router
+//! instead of TCP: registration, topic creation, acks=all replication, and failover after the
+//! leader dies, with nothing acknowledged lost. Real time and real files, generous bounds.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use parking_lot::RwLock;
+use tandem_controller::local_network::LocalNetwork;
+use tandem_controller::model::{TopicConfig, TopicKind};
+use tandem_controller::{
+    ControllerNode, ControllerRequest, ControllerResponse, CreateTopicRequest, QuorumConfig,
+};
+use tandem_replication::types::{Acks, Durability, FetchData, FetchRequest, ProduceRequest};
+use tandem_server::node::{BoxFuture, FetchFailure, Unreachable};
+use tandem_server::{Node, NodeConfig, Peers, TopicPartition};
+use tandem_storage::batch::split_batches;
+use tandem_storage::{BatchBuilder, OsDir};
+
+const BOUND: Duration = Duration::from_secs(20);
+
+#[derive(Default)]
+struct Router {
+    nodes: RwLock<BTreeMap<String, Arc<Node>>>,
+    voters: RwLock<BTreeMap<String, Arc<ControllerNode>>>,
+}
+
+fn unreachable(address: &str) -> Unreachable {
+    Unreachable {
+        address: address.to_string(),
+        reason: "down".into(),
+    }
+}
+
+impl Peers for Router {
+    fn replica_fetch(
+        &self,
+        address: String,
+        partition: TopicPartition,
+        request: FetchRequest,
+    ) -> BoxFuture<Result<FetchData<Bytes>, FetchFailure>> {
+        let node = self.nodes.read().get(&address).cloned();
+        Box::pin(async move {
+            let node = node.ok_or_else(|| FetchFailure::Unreachable(unreachable(&address)))?;
+            node.fetch(&partition, request)
+                .await
+                .map_err(FetchFailure::Refused)
+        })
+    }
+
+    fn flush_report(
+        &self,
+        address: String,
+        partition: TopicPartition,
+        replica_id: i32,
+        leader_epoch: i32,
+        flushed_offset: i64,
+    ) -> BoxFuture<Result<(), Unreachable>> {
+        let node = self.nodes.read().get(&address).cloned();
+        Box::pin(async move {
+            let node = node.ok_or_else(|| unreachable(&address))?;
+            node.flush_report(&partition, replica_id, leader_epoch, flushed_offset);
+            Ok(())
+        })
+    }
+
+    fn controller(
+        &self,
+        address: String,
+        request: ControllerRequest,
+    ) -> BoxFuture<Result<ControllerResponse, Unreachable>> {
+        let voter = self.voters.read().get(&address).cloned();
+        Box::pin(async move {
+            let voter = voter.ok_or_else(|| unreachable(&address))?;
+            Ok(voter.handle(request).await)
+        })
+    }
+}
+
+struct Cluster {
+    router: Arc<Router>,
+    network: LocalNetwork,
+    nodes: BTreeMap<i32, (Arc<Node>, Arc<ControllerNode>)>,
+    _dirs: tempfile::TempDir,
+}
+
+fn address(id: i32) -> String {
+    // Never bound: the router maps these to nodes in this process.
+    format!("127.0.0.1:{}", 19_000 + id)
+}
+
+impl Cluster {
+    async fn start(size: i32) -> Cluster {
+        let dirs = tempfile::tempdir().unwrap();
+        let router = Arc::new(Router::default());
+        let network = LocalNetwork::new();
+        let voters: BTreeMap<u64, String> = (1..=size).map(|id| (id as u64, address(id))).collect();
+        let mut nodes = BTreeMap::new();
+        for id in 1..=size {
+            let data_dir = dirs.path().join(format!("node-{id}"));
+            let controller_dir = data_dir.join("controller");
+            let log_dir = OsDir::create_all(controller_dir.join("raft-log")).unwrap();
+            let checkpoints = OsDir::create_all(controller_dir.join("checkpoints")).unwrap();
+            let quorum = QuorumConfig::new(id as u64, voters.clone());
+            let voter =
+                ControllerNode::start(quorum, log_dir, checkpoints, network.transport(id as u64))
+                    .await
+                    .expect("voter starts");
+            network.add(&voter);
+            router
+                .voters
+                .write()
+                .insert(address(id), Arc::clone(&voter));
+            let config = NodeConfig::new(id, address(id), data_dir, voters.clone());
+            let node = Node::start(config, router.clone());
+            router.nodes.write().insert(address(id), Arc::clone(&node));
+            nodes.insert(id, (node, voter));
+        }
+        Cluster {
+            router,
+            network,
+            nodes,
+            _dirs: dirs,
+        }
+    }
+
+    fn node(&self, id: i32) -> &Arc<Node> {
+        &self.nodes[&id].0
+    }
+
+    /// The node dies at once: unreachable, its voter gone, its replicas stopped.
+    async fn kill(&mut self, id: i32) {
+        self.router.nodes.write().remove(&address(id));
+        self.router.voters.write().remove(&address(id));
+        self.network.isolate(id as u64);
+        let (node, voter) = self.nodes.remove(&id).expect("running");
+        voter.shutdown().await;
+        node.shutdown(false).await;
+    }
+}
+
+async fn wait_until<T>(what: &str, mut check: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + BOUND;
+    loop {
+        if let Some(value) = check() {
+            return value;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn batch(value: &str) -> bytes::BytesMut {
+    let mut b = BatchBuilder::new(0);
+    b.push(0, None, Some(value.as_bytes()));
+    b.build()
+}
+
+fn produce_request(value: &str) -> ProduceRequest {
+    ProduceRequest {
+        acks: Acks::All,
+        durability: Durability::Replicated,
+        timeout_ms: 5_000,
+        current_leader_epoch: None,
+        records: batch(value),
+    }
+}
+
+/// The values committed on `node`'s replica, read as a consumer.
+async fn committed_values(node: &Node, tp: &TopicPartition) -> Vec<String> {
+    let mut values = Vec::new();
+    let mut offset = 0;
+    loop {
+        let request = FetchRequest {
+            replica_id: None,
+            fetch_offset: offset,
+            last_fetched_epoch: None,
+            current_leader_epoch: None,
+            max_bytes: 1 << 20,
+            max_wait_ms: 0,
+        };
+        let data = node.fetch(tp, request).await.expect("consumer fetch");
+        if data.records.is_empty() {
+            return values;
+        }
+        for (header, raw) in split_batches(&data.records).map_while(Result::ok) {
+            let records =
+                tandem_storage::batch::decode_records(&Bytes::copy_from_slice(raw)).unwrap();
+            for record in records {
+                values.push(
+                    String::from_utf8_lossy(record.value.as_deref().unwrap_or_default())
+                        .into_owned(),
+                );
+            }
+            offset = header.next_offset();
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acks_all_writes_survive_the_death_of_the_leader() {
+    let mut cluster = Cluster::start(3).await;
+    wait_until("all nodes registered", || {
+        cluster
+            .nodes
+            .values()
+            .all(|(n, _)| n.incarnation().is_some())
+            .then_some(())
+    })
+    .await;
+    let config = TopicConfig {
+        min_insync_replicas: 2,
+        ..TopicConfig::default()
+    };
+    cluster
+        .node(1)
+        .create_topic(CreateTopicRequest {
+            name: "orders".into(),
+            partitions: 1,
+            replication_factor: 3,
+            kind: TopicKind::Log,
+            config,
+        })
+        .await
+        .expect("topic created");
+    let tp = TopicPartition {
+        topic: "orders".into(),
+        partition: 0,
+    };
+    let leader = wait_until("a leader with a full ISR", || {
+        let (_, metadata) = cluster.node(1).metadata();
+        let state = metadata
+            .topic_by_name("orders")?
+            .partitions
+            .first()?
+            .clone();
+        (state.isr.len() == 3).then_some(state.leader?)
+    })
+    .await;
+
+    let mut acknowledged = Vec::new();
+    for i in 0..20 {
+        let value = format!("order-{i}");
+        let node = Arc::clone(cluster.node(leader));
+        let ok = wait_until_async(|| {
+            let node = Arc::clone(&node);
+            let value = value.clone();
+            let tp = tp.clone();
+            async move { node.produce(&tp, produce_request(&value)).await.ok() }
+        })
+        .await;
+        assert_eq!(ok.base_offset, i, "offsets are assigned in order");
+        acknowledged.push(value);
+    }
+    assert_eq!(
+        committed_values(cluster.node(leader), &tp).await,
+        acknowledged
+    );
+
+    cluster.kill(leader).await;
+    let survivor = *cluster.nodes.keys().next().unwrap();
+    let new_leader = wait_until("a new leader", || {
+        let (_, metadata) = cluster.node(survivor).metadata();
+        let state = metadata
+            .topic_by_name("orders")?
+            .partitions
+            .first()?
+            .clone();
+        state.leader.filter(|l| *l != leader)
+    })
+    .await;
+    // The new leader takes writes once it has a lease and the surviving ISR of two.
+    let node = Arc::clone(cluster.node(new_leader));
+    let after = wait_until_async(|| {
+        let node = Arc::clone(&node);
+        let tp = tp.clone();
+        async move {
+            node.produce(&tp, produce_request("after-failover"))
+                .await
+                .ok()
+        }
+    })
+    .await;
+    assert_eq!(
+        after.base_offset, 20,
+        "nothing acknowledged was lost or overwritten"
+    );
+    acknowledged.push("after-failover".into());
+    let values = committed_values(cluster.node(new_leader), &tp).await;
+    assert_eq!(values, acknowledged);
+    let unique: BTreeSet<&String> = values.iter().collect();
+    assert_eq!(unique.len(), values.len(), "no duplicates");
+    for (_, (node, voter)) in std::mem::take(&mut cluster.nodes) {
+        node.shutdown(false).await;
+        voter.shutdown().await;
+    }
+}
+
+/// Retries an async attempt until it yields a value, within the bound.
+async fn wait_until_async<T, F: std::future::Future<Output = Option<T>>>(
+    mut attempt: impl FnMut() -> F,
+) -> T {
+    let deadline = Instant::now() + BOUND;
+    loop {
+        if let Some(value) = attempt().await {
+            return value;
+        }
+        assert!(Instant::now() < deadline, "timed out retrying");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
