@@ -4,11 +4,19 @@
 //! - [`node`]: one node — its session with the controller, the committed metadata it acts on,
 //!   its replicas, and the calls it makes to other nodes through [`node::Peers`].
 //!
-//! The TCP listener with Kafka's wire protocol and Tandem's API keys, and `tandem server` /
-//! `tandem dev`, build on these (issue 5).
+//! - [`listener`], [`dispatch`], [`kafka`]: the TCP listener, Kafka's APIs and Tandem's key.
+//! - [`peer_client`], [`tcp_peers`]: calls to other nodes and controller voters over TCP.
+//! - [`runtime`]: one server process, start to controlled stop.
 
+pub mod dispatch;
+pub mod kafka;
+pub mod listener;
 pub mod node;
 pub mod partition;
+pub mod peer_client;
+pub mod runtime;
+pub mod status;
+pub mod tcp_peers;
 
 pub use node::{Node, NodeConfig, Peers};
 pub use partition::TopicPartition;

@@ -2,6 +2,7 @@
 //! Today it carries the log tools; the server issue adds `server` and `dev`.
 
 mod log_cmd;
+mod server_cmd;
 
 use std::process::ExitCode;
 
@@ -20,6 +21,10 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Run one node.
+    Server(server_cmd::ServerArgs),
+    /// Run a local cluster (3 nodes by default) until Ctrl-C.
+    Dev(server_cmd::DevArgs),
     /// Work with a partition's log directory directly (append, dump, check).
     #[command(subcommand)]
     Log(log_cmd::LogCommand),
@@ -35,6 +40,8 @@ fn main() -> ExitCode {
         .init();
     let cli = Cli::parse();
     let result = match cli.command {
+        Command::Server(args) => server_cmd::server(args),
+        Command::Dev(args) => server_cmd::dev(args),
         Command::Log(command) => log_cmd::run(command),
     };
     match result {

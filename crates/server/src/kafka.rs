@@ -1,0 +1,578 @@
+//! Kafka's requests, answered from a [`Node`]: what makes kcat, librdkafka and kafka-python
+//! work against Tandem. One function per API; each turns the Kafka request into node calls and
+//! the results into the Kafka response, with errors as Kafka error codes.
+
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::Arc;
+
+use kafka_protocol::messages::create_topics_response::CreatableTopicResult;
+use kafka_protocol::messages::delete_topics_response::DeletableTopicResult;
+use kafka_protocol::messages::describe_cluster_response::DescribeClusterBroker;
+use kafka_protocol::messages::fetch_response::{
+    EpochEndOffset, FetchableTopicResponse, PartitionData,
+};
+use kafka_protocol::messages::list_offsets_response::{
+    ListOffsetsPartitionResponse, ListOffsetsTopicResponse,
+};
+use kafka_protocol::messages::metadata_response::{
+    MetadataResponseBroker, MetadataResponsePartition, MetadataResponseTopic,
+};
+use kafka_protocol::messages::produce_response::{
+    LeaderIdAndEpoch, PartitionProduceResponse, TopicProduceResponse,
+};
+use kafka_protocol::messages::{
+    ApiKey, BrokerId, CreateTopicsRequest, CreateTopicsResponse, DeleteTopicsRequest,
+    DeleteTopicsResponse, DescribeClusterResponse, FetchRequest, FetchResponse,
+    InitProducerIdResponse, ListOffsetsRequest, ListOffsetsResponse, MetadataRequest,
+    MetadataResponse, ProduceRequest, ProduceResponse, ProducerId, RequestHeader, RequestKind,
+    ResponseKind, TopicName,
+};
+use kafka_protocol::protocol::StrBytes;
+use tandem_controller::model::{FlushPolicy, TopicConfig, TopicKind};
+use tandem_controller::{ControllerError, CreateTopicRequest, Metadata, NodeStatus};
+use tandem_protocol::errors::{self, produce_error_code, read_error_code};
+use tandem_replication::types::{self, Acks, Durability, Isolation};
+
+use crate::node::Node;
+use crate::partition::{OffsetQuery, TopicPartition};
+
+/// Producer ids handed out by this process: unique in the cluster because the high bits are
+/// this node's incarnation, which the controller never gives twice.
+static NEXT_PRODUCER: AtomicI64 = AtomicI64::new(0);
+
+/// Answers one Kafka request; `None` when no answer is due (a produce with acks=0).
+pub async fn handle(
+    node: &Arc<Node>,
+    header: &RequestHeader,
+    body: RequestKind,
+) -> Option<ResponseKind> {
+    let version = header.request_api_version;
+    Some(match body {
+        RequestKind::ApiVersions(_) => {
+            ResponseKind::ApiVersions(tandem_protocol::api_versions_response())
+        }
+        RequestKind::Metadata(request) => ResponseKind::Metadata(metadata(node, request, version)),
+        RequestKind::Produce(request) => {
+            return produce(node, request).await.map(ResponseKind::Produce)
+        }
+        RequestKind::Fetch(request) => ResponseKind::Fetch(fetch(node, request).await),
+        RequestKind::ListOffsets(request) => {
+            ResponseKind::ListOffsets(list_offsets(node, request).await)
+        }
+        RequestKind::CreateTopics(request) => {
+            ResponseKind::CreateTopics(create_topics(node, request).await)
+        }
+        RequestKind::DeleteTopics(request) => {
+            ResponseKind::DeleteTopics(delete_topics(node, request).await)
+        }
+        RequestKind::InitProducerId(_) => ResponseKind::InitProducerId(init_producer_id(node)),
+        RequestKind::DescribeCluster(_) => ResponseKind::DescribeCluster(describe_cluster(node)),
+        _ => return None,
+    })
+}
+
+/// The API keys [`handle`] answers.
+pub fn handled(api_key: ApiKey) -> bool {
+    matches!(
+        api_key,
+        ApiKey::ApiVersions
+            | ApiKey::Metadata
+            | ApiKey::Produce
+            | ApiKey::Fetch
+            | ApiKey::ListOffsets
+            | ApiKey::CreateTopics
+            | ApiKey::DeleteTopics
+            | ApiKey::InitProducerId
+            | ApiKey::DescribeCluster
+    )
+}
+
+fn str_bytes(s: &str) -> StrBytes {
+    StrBytes::from_string(s.to_string())
+}
+
+fn topic_name(s: &str) -> TopicName {
+    TopicName(str_bytes(s))
+}
+
+fn live_brokers(metadata: &Metadata) -> impl Iterator<Item = (i32, String, i32)> + '_ {
+    metadata
+        .nodes
+        .values()
+        .filter(|n| n.status != NodeStatus::Fenced)
+        .filter_map(|n| {
+            let endpoint = n.addresses.first()?;
+            Some((n.node_id, endpoint.host.clone(), endpoint.port as i32))
+        })
+}
+
+fn metadata(node: &Node, request: MetadataRequest, version: i16) -> MetadataResponse {
+    let (_, metadata) = node.metadata();
+    let brokers = live_brokers(&metadata)
+        .map(|(id, host, port)| {
+            MetadataResponseBroker::default()
+                .with_node_id(BrokerId(id))
+                .with_host(str_bytes(&host))
+                .with_port(port)
+        })
+        .collect();
+    let wanted: Option<Vec<String>> = request.topics.map(|topics| {
+        topics
+            .into_iter()
+            .filter_map(|t| t.name.map(|n| n.0.to_string()))
+            .collect()
+    });
+    // v0 asks for every topic with an empty list; later versions with null.
+    let names: Vec<String> = match wanted {
+        Some(names) if !(names.is_empty() && version == 0) => names,
+        _ => metadata.topics.values().map(|t| t.name.clone()).collect(),
+    };
+    let topics = names
+        .into_iter()
+        .map(|name| match metadata.topic_by_name(&name) {
+            None => MetadataResponseTopic::default()
+                .with_name(Some(topic_name(&name)))
+                .with_error_code(errors::UNKNOWN_TOPIC_OR_PARTITION),
+            Some(topic) => {
+                let partitions = topic
+                    .partitions
+                    .iter()
+                    .enumerate()
+                    .map(|(index, p)| {
+                        let offline = p
+                            .replicas
+                            .iter()
+                            .copied()
+                            .filter(|r| !metadata.is_live(*r))
+                            .map(BrokerId)
+                            .collect();
+                        MetadataResponsePartition::default()
+                            .with_error_code(if p.leader.is_some() {
+                                errors::NONE
+                            } else {
+                                errors::LEADER_NOT_AVAILABLE
+                            })
+                            .with_partition_index(index as i32)
+                            .with_leader_id(BrokerId(p.leader.unwrap_or(-1)))
+                            .with_leader_epoch(p.leader_epoch)
+                            .with_replica_nodes(p.replicas.iter().copied().map(BrokerId).collect())
+                            .with_isr_nodes(p.isr.iter().copied().map(BrokerId).collect())
+                            .with_offline_replicas(offline)
+                    })
+                    .collect();
+                MetadataResponseTopic::default()
+                    .with_name(Some(topic_name(&name)))
+                    .with_partitions(partitions)
+            }
+        })
+        .collect();
+    MetadataResponse::default()
+        .with_brokers(brokers)
+        .with_cluster_id(Some(str_bytes("tandem")))
+        .with_controller_id(BrokerId(node.node_id()))
+        .with_topics(topics)
+}
+
+fn acks(value: i16) -> Option<Acks> {
+    match value {
+        0 => Some(Acks::None),
+        1 => Some(Acks::Leader),
+        -1 => Some(Acks::All),
+        _ => None,
+    }
+}
+
+async fn produce(node: &Arc<Node>, request: ProduceRequest) -> Option<ProduceResponse> {
+    let acks = acks(request.acks);
+    let mut calls = Vec::new();
+    for topic in request.topic_data {
+        let name = topic.name.0.to_string();
+        for partition in topic.partition_data {
+            let node = Arc::clone(node);
+            let tp = TopicPartition {
+                topic: name.clone(),
+                partition: partition.index,
+            };
+            let records = partition.records.unwrap_or_default();
+            let timeout_ms = request.timeout_ms as i64;
+            calls.push(tokio::spawn(async move {
+                let Some(acks) = acks else {
+                    return (tp, Err(errors::INVALID_REQUIRED_ACKS), None);
+                };
+                if !node.partition_exists(&tp) {
+                    return (tp, Err(errors::UNKNOWN_TOPIC_OR_PARTITION), None);
+                }
+                let request = types::ProduceRequest {
+                    acks,
+                    durability: Durability::Replicated,
+                    timeout_ms,
+                    current_leader_epoch: None,
+                    records: bytes::BytesMut::from(&records[..]),
+                };
+                match node.produce(&tp, request).await {
+                    Ok(ok) => (tp, Ok(ok), None),
+                    Err(e) => {
+                        let hint = match &e {
+                            tandem_replication::ProduceError::NotLeader {
+                                leader,
+                                leader_epoch,
+                            } => Some((leader.unwrap_or(-1), *leader_epoch)),
+                            _ => None,
+                        };
+                        (tp, Err(produce_error_code(&e)), hint)
+                    }
+                }
+            }));
+        }
+    }
+    let mut by_topic: std::collections::BTreeMap<String, Vec<PartitionProduceResponse>> =
+        Default::default();
+    for call in calls {
+        let Ok((tp, result, hint)) = call.await else {
+            continue;
+        };
+        let mut response = PartitionProduceResponse::default().with_index(tp.partition);
+        match result {
+            Ok(ok) => {
+                response = response
+                    .with_base_offset(ok.base_offset)
+                    .with_log_start_offset(ok.log_start_offset)
+                    .with_log_append_time_ms(-1);
+            }
+            Err(code) => {
+                response = response.with_error_code(code).with_base_offset(-1);
+                if let Some((leader, epoch)) = hint {
+                    response = response.with_current_leader(
+                        LeaderIdAndEpoch::default()
+                            .with_leader_id(BrokerId(leader))
+                            .with_leader_epoch(epoch),
+                    );
+                }
+            }
+        }
+        by_topic.entry(tp.topic).or_default().push(response);
+    }
+    if acks == Some(Acks::None) {
+        return None;
+    }
+    let responses = by_topic
+        .into_iter()
+        .map(|(name, partitions)| {
+            TopicProduceResponse::default()
+                .with_name(topic_name(&name))
+                .with_partition_responses(partitions)
+        })
+        .collect();
+    Some(ProduceResponse::default().with_responses(responses))
+}
+
+async fn fetch(node: &Arc<Node>, request: FetchRequest) -> FetchResponse {
+    // Both of Kafka's isolation levels read only below the HW here, as in Kafka without
+    // transactions: READ_UNCOMMITTED differs only for aborted transactional data.
+    let max_wait_ms = request.max_wait_ms.max(0) as i64;
+    let mut calls = Vec::new();
+    for topic in request.topics {
+        let name = topic.topic.0.to_string();
+        for partition in topic.partitions {
+            let node = Arc::clone(node);
+            let tp = TopicPartition {
+                topic: name.clone(),
+                partition: partition.partition,
+            };
+            let fetch = types::FetchRequest {
+                replica_id: None,
+                fetch_offset: partition.fetch_offset,
+                last_fetched_epoch: (partition.last_fetched_epoch >= 0)
+                    .then_some(partition.last_fetched_epoch),
+                current_leader_epoch: (partition.current_leader_epoch >= 0)
+                    .then_some(partition.current_leader_epoch),
+                max_bytes: partition.partition_max_bytes.max(0) as usize,
+                max_wait_ms,
+            };
+            calls.push(tokio::spawn(async move {
+                if !node.partition_exists(&tp) {
+                    return (tp, Err(errors::UNKNOWN_TOPIC_OR_PARTITION));
+                }
+                let result = node
+                    .fetch(&tp, fetch)
+                    .await
+                    .map_err(|e| read_error_code(&e));
+                (tp, result)
+            }));
+        }
+    }
+    let mut by_topic: std::collections::BTreeMap<String, Vec<PartitionData>> = Default::default();
+    for call in calls {
+        let Ok((tp, result)) = call.await else {
+            continue;
+        };
+        let data = match result {
+            Ok(data) => {
+                let mut partition = PartitionData::default()
+                    .with_partition_index(tp.partition)
+                    .with_high_watermark(data.high_watermark)
+                    .with_last_stable_offset(data.high_watermark)
+                    .with_log_start_offset(data.log_start_offset)
+                    .with_preferred_read_replica(BrokerId(-1))
+                    .with_records(Some(data.records));
+                if let Some(diverging) = data.diverging_epoch {
+                    partition = partition.with_diverging_epoch(
+                        EpochEndOffset::default()
+                            .with_epoch(diverging.epoch)
+                            .with_end_offset(diverging.end_offset),
+                    );
+                }
+                partition
+            }
+            Err(code) => PartitionData::default()
+                .with_partition_index(tp.partition)
+                .with_error_code(code)
+                .with_high_watermark(-1)
+                .with_last_stable_offset(-1)
+                .with_log_start_offset(-1)
+                .with_preferred_read_replica(BrokerId(-1))
+                .with_records(Some(bytes::Bytes::new())),
+        };
+        by_topic.entry(tp.topic).or_default().push(data);
+    }
+    let responses = by_topic
+        .into_iter()
+        .map(|(name, partitions)| {
+            FetchableTopicResponse::default()
+                .with_topic(topic_name(&name))
+                .with_partitions(partitions)
+        })
+        .collect();
+    FetchResponse::default().with_responses(responses)
+}
+
+/// Kafka's special timestamps in ListOffsets.
+const LATEST: i64 = -1;
+const EARLIEST: i64 = -2;
+
+async fn list_offsets(node: &Arc<Node>, request: ListOffsetsRequest) -> ListOffsetsResponse {
+    let mut topics = Vec::new();
+    for topic in request.topics {
+        let name = topic.name.0.to_string();
+        let mut partitions = Vec::new();
+        for partition in topic.partitions {
+            let tp = TopicPartition {
+                topic: name.clone(),
+                partition: partition.partition_index,
+            };
+            let query = match partition.timestamp {
+                LATEST => OffsetQuery::Latest(Isolation::Committed),
+                EARLIEST => OffsetQuery::Earliest,
+                t if t >= 0 => OffsetQuery::Timestamp(t),
+                _ => OffsetQuery::Latest(Isolation::Committed),
+            };
+            let epoch =
+                (partition.current_leader_epoch >= 0).then_some(partition.current_leader_epoch);
+            let mut response = ListOffsetsPartitionResponse::default()
+                .with_partition_index(partition.partition_index)
+                .with_timestamp(-1);
+            if !node.partition_exists(&tp) {
+                response = response
+                    .with_error_code(errors::UNKNOWN_TOPIC_OR_PARTITION)
+                    .with_offset(-1);
+            } else {
+                match node.list_offset(&tp, query, epoch).await {
+                    Ok(offset) => {
+                        let leader_epoch = node
+                            .replica_stats()
+                            .into_iter()
+                            .find(|(t, _)| *t == tp)
+                            .map_or(-1, |(_, s)| s.leader_epoch.load(Ordering::Relaxed) as i32);
+                        response = response.with_offset(offset).with_leader_epoch(leader_epoch);
+                    }
+                    Err(e) => {
+                        response = response
+                            .with_error_code(read_error_code(&e))
+                            .with_offset(-1)
+                    }
+                }
+            }
+            partitions.push(response);
+        }
+        topics.push(
+            ListOffsetsTopicResponse::default()
+                .with_name(topic_name(&name))
+                .with_partitions(partitions),
+        );
+    }
+    ListOffsetsResponse::default().with_topics(topics)
+}
+
+/// Topic settings from CreateTopics configs, by Kafka's names (plus Tandem's own).
+fn topic_config(configs: &[(String, Option<String>)]) -> Result<(TopicConfig, TopicKind), String> {
+    let mut config = TopicConfig::default();
+    let mut kind = TopicKind::Log;
+    for (name, value) in configs {
+        let Some(value) = value else { continue };
+        let bad = || format!("bad value {value:?} for {name}");
+        match name.as_str() {
+            "min.insync.replicas" => {
+                config.min_insync_replicas = value.parse().map_err(|_| bad())?
+            }
+            "unclean.leader.election.enable" => {
+                config.unclean_leader_election = value.parse().map_err(|_| bad())?
+            }
+            "retention.ms" => {
+                let ms: i64 = value.parse().map_err(|_| bad())?;
+                config.retention_ms = (ms >= 0).then_some(ms);
+            }
+            "retention.bytes" => {
+                let bytes: i64 = value.parse().map_err(|_| bad())?;
+                config.retention_bytes = (bytes >= 0).then_some(bytes as u64);
+            }
+            "max.message.bytes" => config.max_message_bytes = value.parse().map_err(|_| bad())?,
+            // Tandem: "always", "never", or an interval in ms.
+            "tandem.flush" | "flush.policy" => {
+                config.flush = match value.as_str() {
+                    "always" => FlushPolicy::Always,
+                    "never" => FlushPolicy::Never,
+                    ms => FlushPolicy::IntervalMs(ms.parse().map_err(|_| bad())?),
+                }
+            }
+            "tandem.kind" => {
+                kind = match value.as_str() {
+                    "log" => TopicKind::Log,
+                    "table" => TopicKind::Table,
+                    _ => return Err(bad()),
+                }
+            }
+            _ => {} // Kafka settings Tandem has no use for are accepted and ignored.
+        }
+    }
+    Ok((config, kind))
+}
+
+fn controller_error_code(error: &ControllerError) -> i16 {
+    match error {
+        ControllerError::TopicAlreadyExists { .. } => errors::TOPIC_ALREADY_EXISTS,
+        ControllerError::InvalidReplicationFactor { .. } => errors::INVALID_REPLICATION_FACTOR,
+        ControllerError::InvalidPartitions(_) => errors::INVALID_PARTITIONS,
+        ControllerError::InvalidTopic(_) => errors::INVALID_TOPIC_EXCEPTION,
+        ControllerError::UnknownTopicOrPartition(_) => errors::UNKNOWN_TOPIC_OR_PARTITION,
+        ControllerError::InvalidRequest(_) => errors::INVALID_REQUEST,
+        ControllerError::NotController { .. } | ControllerError::Unavailable(_) => {
+            errors::REQUEST_TIMED_OUT
+        }
+        _ => errors::UNKNOWN_SERVER_ERROR,
+    }
+}
+
+async fn create_topics(node: &Arc<Node>, request: CreateTopicsRequest) -> CreateTopicsResponse {
+    let mut results = Vec::new();
+    for topic in request.topics {
+        let name = topic.name.0.to_string();
+        let configs: Vec<(String, Option<String>)> = topic
+            .configs
+            .iter()
+            .map(|c| (c.name.to_string(), c.value.as_ref().map(|v| v.to_string())))
+            .collect();
+        let mut result = CreatableTopicResult::default()
+            .with_name(topic_name(&name))
+            .with_num_partitions(topic.num_partitions)
+            .with_replication_factor(topic.replication_factor);
+        let partitions = if topic.num_partitions < 0 {
+            1
+        } else {
+            topic.num_partitions
+        };
+        let replication_factor = if topic.replication_factor < 0 {
+            3.min(node.metadata().1.nodes.len().max(1) as i16)
+        } else {
+            topic.replication_factor
+        };
+        match topic_config(&configs) {
+            Err(message) => {
+                result = result
+                    .with_error_code(errors::INVALID_CONFIG)
+                    .with_error_message(Some(str_bytes(&message)));
+            }
+            Ok(_) if request.validate_only => {}
+            Ok((config, kind)) => {
+                let create = CreateTopicRequest {
+                    name: name.clone(),
+                    partitions: partitions.max(0) as u32,
+                    replication_factor: replication_factor.max(0) as u16,
+                    kind,
+                    config,
+                };
+                if let Err(e) = node.create_topic(create).await {
+                    result = result
+                        .with_error_code(controller_error_code(&e))
+                        .with_error_message(Some(str_bytes(&e.to_string())));
+                } else {
+                    result = result
+                        .with_num_partitions(partitions)
+                        .with_replication_factor(replication_factor);
+                }
+            }
+        }
+        results.push(result);
+    }
+    CreateTopicsResponse::default().with_topics(results)
+}
+
+async fn delete_topics(node: &Arc<Node>, request: DeleteTopicsRequest) -> DeleteTopicsResponse {
+    let mut names: Vec<String> = request
+        .topic_names
+        .iter()
+        .map(|n| n.0.to_string())
+        .collect();
+    names.extend(
+        request
+            .topics
+            .iter()
+            .filter_map(|t| t.name.as_ref().map(|n| n.0.to_string())),
+    );
+    let mut results = Vec::new();
+    for name in names {
+        let mut result = DeletableTopicResult::default().with_name(Some(topic_name(&name)));
+        if let Err(e) = node.delete_topic(&name).await {
+            result = result
+                .with_error_code(controller_error_code(&e))
+                .with_error_message(Some(str_bytes(&e.to_string())));
+        }
+        results.push(result);
+    }
+    DeleteTopicsResponse::default().with_responses(results)
+}
+
+fn init_producer_id(node: &Node) -> InitProducerIdResponse {
+    let Some(incarnation) = node.incarnation() else {
+        return InitProducerIdResponse::default()
+            .with_error_code(errors::BROKER_NOT_AVAILABLE)
+            .with_producer_id(ProducerId(-1))
+            .with_producer_epoch(-1);
+    };
+    let local = NEXT_PRODUCER.fetch_add(1, Ordering::Relaxed) & 0xf_ffff;
+    let producer_id = ((incarnation as i64) << 20) | local;
+    InitProducerIdResponse::default()
+        .with_producer_id(ProducerId(producer_id))
+        .with_producer_epoch(0)
+}
+
+fn describe_cluster(node: &Node) -> DescribeClusterResponse {
+    let (_, metadata) = node.metadata();
+    let brokers = metadata
+        .nodes
+        .values()
+        .filter_map(|n| {
+            let endpoint = n.addresses.first()?;
+            Some(
+                DescribeClusterBroker::default()
+                    .with_broker_id(BrokerId(n.node_id))
+                    .with_host(str_bytes(&endpoint.host))
+                    .with_port(endpoint.port as i32)
+                    .with_is_fenced(n.status == NodeStatus::Fenced),
+            )
+        })
+        .collect();
+    DescribeClusterResponse::default()
+        .with_cluster_id(str_bytes("tandem"))
+        .with_controller_id(BrokerId(node.node_id()))
+        .with_brokers(brokers)
+}

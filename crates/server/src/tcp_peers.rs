@@ -1,0 +1,191 @@
+//! [`Peers`] and the controller's transport over TCP, with Tandem's API key.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use openraft::BasicNode;
+use tandem_controller::network::{ControllerTransport, TransportError};
+use tandem_controller::{ControllerRequest, ControllerResponse};
+use tandem_protocol::errors;
+use tandem_protocol::{ReplicaFetchPartition, TandemRequest, TandemResponse};
+use tandem_replication::types::{DivergingEpoch, FetchData, FetchRequest, NodeId};
+use tandem_replication::ReadError;
+
+use crate::node::{BoxFuture, FetchFailure, Peers, Unreachable};
+use crate::partition::TopicPartition;
+use crate::peer_client::PeerClient;
+
+/// Calls to other nodes over one pooled client.
+pub struct TcpPeers {
+    client: Arc<PeerClient>,
+    /// Sent with replica fetches, so a leader can refuse an old incarnation (rule 5).
+    node_id: NodeId,
+}
+
+impl TcpPeers {
+    pub fn new(client: Arc<PeerClient>, node_id: NodeId) -> TcpPeers {
+        TcpPeers { client, node_id }
+    }
+}
+
+/// What the follower core should make of a leader's refusal.
+fn read_error(code: i16) -> ReadError {
+    match code {
+        errors::NOT_LEADER_OR_FOLLOWER => ReadError::NotLeader {
+            leader: None,
+            leader_epoch: -1,
+        },
+        errors::FENCED_LEADER_EPOCH => ReadError::FencedLeaderEpoch {
+            request_epoch: -1,
+            current_epoch: -1,
+        },
+        errors::UNKNOWN_LEADER_EPOCH => ReadError::UnknownLeaderEpoch {
+            request_epoch: -1,
+            current_epoch: -1,
+        },
+        errors::OFFSET_OUT_OF_RANGE => ReadError::OffsetOutOfRange {
+            offset: -1,
+            log_start_offset: -1,
+            log_end_offset: -1,
+        },
+        other => ReadError::Storage(format!("leader answered error code {other}")),
+    }
+}
+
+async fn controller_call(
+    client: &PeerClient,
+    address: &str,
+    request: ControllerRequest,
+) -> Result<ControllerResponse, Unreachable> {
+    let bad = |reason: String| Unreachable {
+        address: address.to_string(),
+        reason,
+    };
+    match client
+        .call(address, TandemRequest::Controller(request.encode()))
+        .await?
+    {
+        TandemResponse::Controller(bytes) => {
+            ControllerResponse::decode(&bytes).map_err(|e| bad(e.to_string()))
+        }
+        TandemResponse::Error { message, .. } => Err(bad(message)),
+        other => Err(bad(format!("unexpected answer {other:?}"))),
+    }
+}
+
+impl Peers for TcpPeers {
+    fn replica_fetch(
+        &self,
+        address: String,
+        partition: TopicPartition,
+        request: FetchRequest,
+    ) -> BoxFuture<Result<FetchData<Bytes>, FetchFailure>> {
+        let client = Arc::clone(&self.client);
+        let replica_id = self.node_id;
+        Box::pin(async move {
+            let call = TandemRequest::ReplicaFetch {
+                replica_id,
+                replica_epoch: -1,
+                max_wait_ms: request.max_wait_ms as i32,
+                min_bytes: 1,
+                max_bytes: request.max_bytes as i32,
+                partitions: vec![ReplicaFetchPartition {
+                    topic: partition.topic.clone(),
+                    partition: partition.partition,
+                    fetch_offset: request.fetch_offset,
+                    last_fetched_epoch: request.last_fetched_epoch.unwrap_or(-1),
+                    current_leader_epoch: request.current_leader_epoch.unwrap_or(-1),
+                    max_bytes: request.max_bytes as i32,
+                }],
+            };
+            let response = client
+                .call(&address, call)
+                .await
+                .map_err(FetchFailure::Unreachable)?;
+            let unexpected = |reason: String| {
+                FetchFailure::Unreachable(Unreachable {
+                    address: address.clone(),
+                    reason,
+                })
+            };
+            let TandemResponse::ReplicaFetch {
+                error_code,
+                partitions,
+            } = response
+            else {
+                return Err(unexpected(format!("unexpected answer {response:?}")));
+            };
+            if error_code != errors::NONE {
+                return Err(FetchFailure::Refused(read_error(error_code)));
+            }
+            let Some(p) = partitions.into_iter().next() else {
+                return Err(unexpected("no partition in the answer".into()));
+            };
+            if p.error_code != errors::NONE {
+                return Err(FetchFailure::Refused(read_error(p.error_code)));
+            }
+            Ok(FetchData {
+                high_watermark: p.high_watermark,
+                log_start_offset: p.log_start_offset,
+                log_end_offset: p.log_end_offset,
+                diverging_epoch: p.diverging_epoch.map(|d| DivergingEpoch {
+                    epoch: d.epoch,
+                    end_offset: d.end_offset,
+                }),
+                records: Bytes::from(p.records),
+                flush_up_to: (p.flush_up_to >= 0).then_some(p.flush_up_to),
+            })
+        })
+    }
+
+    fn flush_report(
+        &self,
+        address: String,
+        partition: TopicPartition,
+        replica_id: NodeId,
+        leader_epoch: i32,
+        flushed_offset: i64,
+    ) -> BoxFuture<Result<(), Unreachable>> {
+        let client = Arc::clone(&self.client);
+        Box::pin(async move {
+            let call = TandemRequest::FlushReport {
+                topic: partition.topic,
+                partition: partition.partition,
+                replica_id,
+                leader_epoch,
+                flushed_offset,
+            };
+            client.call(&address, call).await.map(|_| ())
+        })
+    }
+
+    fn controller(
+        &self,
+        address: String,
+        request: ControllerRequest,
+    ) -> BoxFuture<Result<ControllerResponse, Unreachable>> {
+        let client = Arc::clone(&self.client);
+        Box::pin(async move { controller_call(&client, &address, request).await })
+    }
+}
+
+/// The controller voters' transport to each other.
+pub struct TcpControllerTransport {
+    pub client: Arc<PeerClient>,
+}
+
+impl ControllerTransport for TcpControllerTransport {
+    async fn call(
+        &self,
+        target: u64,
+        node: &BasicNode,
+        request: ControllerRequest,
+    ) -> Result<ControllerResponse, TransportError> {
+        controller_call(&self.client, &node.addr, request)
+            .await
+            .map_err(|e| TransportError::Unreachable {
+                target,
+                reason: e.reason,
+            })
+    }
+}
