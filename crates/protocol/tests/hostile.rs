@@ -297,6 +297,13 @@ fn mutated_frame() -> impl Strategy<Value = Vec<u8>> {
         })
 }
 
+/// Postcard (through serde's `size_hint::cautious`) may preallocate a claimed sequence length
+/// up to 1 MiB before reading its elements: bounded, whatever the frame says, but above the
+/// proportional budget for tiny frames.
+fn postcard_budget(frame_len: usize) -> usize {
+    budget(frame_len).max(1 << 20)
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(3000))]
 
@@ -358,8 +365,8 @@ proptest! {
         if let Err(e) = &res {
             prop_assert!(error_response(e).is_none());
         }
-        prop_assert!(biggest <= budget(len), "asked for {} bytes", biggest);
+        prop_assert!(biggest <= postcard_budget(len), "asked for {} bytes", biggest);
         let (_, biggest) = largest_allocation(|| decode_tandem_response(Bytes::from(bytes.clone())));
-        prop_assert!(biggest <= budget(bytes.len()), "asked for {} bytes", biggest);
+        prop_assert!(biggest <= postcard_budget(bytes.len()), "asked for {} bytes", biggest);
     }
 }
