@@ -130,6 +130,10 @@ struct Session {
     incarnation: Option<u64>,
     lease: LeaderLease,
     heartbeat_interval_ms: i64,
+    /// Controlled shutdown asked for: heartbeats say so until the controller has moved every
+    /// leadership away.
+    want_shutdown: bool,
+    shutdown_ready: bool,
 }
 
 struct Replica {
@@ -172,6 +176,8 @@ impl Node {
                 incarnation: None,
                 lease: LeaderLease::new(),
                 heartbeat_interval_ms: 100,
+                want_shutdown: false,
+                shutdown_ready: false,
             }),
             metadata: RwLock::new((0, Arc::new(Metadata::default()))),
             replicas: RwLock::new(BTreeMap::new()),
@@ -500,7 +506,7 @@ impl Node {
                 node_id: self.config.node_id,
                 incarnation,
                 replica_leos: self.replica_leos(),
-                want_shutdown: false,
+                want_shutdown: self.session.lock().want_shutdown,
             };
             match self
                 .call_controller(ControllerRequest::Heartbeat(request))
@@ -509,6 +515,7 @@ impl Node {
                 Ok(ControllerResponse::Heartbeat(Ok(reply))) => {
                     let mut session = self.session.lock();
                     session.lease.on_heartbeat_reply(sent_at, reply.lease_ms);
+                    session.shutdown_ready |= session.want_shutdown && reply.shutdown_ready;
                     if reply.status == NodeStatus::Fenced {
                         warn!(
                             node = self.config.node_id,
@@ -853,34 +860,24 @@ impl Node {
         }
     }
 
+    /// Asks the controller, through the heartbeats, to move this node's leaderships away, and
+    /// waits (bounded) until it says nothing more can move.
     async fn controlled_shutdown(&self) {
+        self.session.lock().want_shutdown = true;
         let deadline = Instant::now() + Duration::from_secs(5);
         while Instant::now() < deadline {
-            let Some(incarnation) = self.incarnation() else {
-                return;
-            };
-            let request = HeartbeatRequest {
-                node_id: self.config.node_id,
-                incarnation,
-                replica_leos: self.replica_leos(),
-                want_shutdown: true,
-            };
-            match self
-                .call_controller(ControllerRequest::Heartbeat(request))
-                .await
-            {
-                Ok(ControllerResponse::Heartbeat(Ok(reply))) if reply.shutdown_ready => {
-                    info!(
-                        node = self.config.node_id,
-                        "leaderships moved away; stopping"
-                    );
-                    return;
-                }
-                Ok(_) => {}
-                Err(_) => return,
+            let session = self.session.lock();
+            if session.shutdown_ready || session.incarnation.is_none() {
+                break;
             }
-            tokio::time::sleep(Duration::from_millis(50)).await;
+            drop(session);
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
+        info!(
+            node = self.config.node_id,
+            moved = self.session.lock().shutdown_ready,
+            "controlled shutdown: leaderships moved away"
+        );
     }
 }
 

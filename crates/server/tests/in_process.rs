@@ -311,3 +311,80 @@ async fn wait_until_async<T, F: std::future::Future<Output = Option<T>>>(
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_controlled_shutdown_moves_leadership_away_before_stopping() {
+    let mut cluster = Cluster::start(3).await;
+    wait_until("all nodes registered", || {
+        cluster
+            .nodes
+            .values()
+            .all(|(n, _)| n.incarnation().is_some())
+            .then_some(())
+    })
+    .await;
+    let config = TopicConfig {
+        min_insync_replicas: 2,
+        ..TopicConfig::default()
+    };
+    let create = CreateTopicRequest {
+        name: "moves".into(),
+        partitions: 1,
+        replication_factor: 3,
+        kind: TopicKind::Log,
+        config,
+    };
+    cluster
+        .node(1)
+        .create_topic(create)
+        .await
+        .expect("topic created");
+    let tp = TopicPartition {
+        topic: "moves".into(),
+        partition: 0,
+    };
+    let leader = wait_until("a leader with a full ISR", || {
+        let (_, metadata) = cluster.node(1).metadata();
+        let state = metadata.topic_by_name("moves")?.partitions.first()?.clone();
+        (state.isr.len() == 3).then_some(state.leader?)
+    })
+    .await;
+    let node = Arc::clone(cluster.node(leader));
+    wait_until_async(|| {
+        let node = Arc::clone(&node);
+        let tp = tp.clone();
+        async move { node.produce(&tp, produce_request("before")).await.ok() }
+    })
+    .await;
+
+    // Controlled: the node asks the controller to move its leaderships, then stops.
+    node.shutdown(true).await;
+    let survivor = *cluster.nodes.keys().find(|id| **id != leader).unwrap();
+    let (_, metadata) = cluster.node(survivor).metadata();
+    let state = metadata.topic_by_name("moves").unwrap().partitions[0].clone();
+    assert_ne!(
+        state.leader,
+        Some(leader),
+        "leadership moved before the node stopped"
+    );
+    assert!(
+        !state.isr.contains(&leader),
+        "the stopping node left the ISR"
+    );
+    let new_leader = state.leader.expect("a new leader");
+    let node = Arc::clone(cluster.node(new_leader));
+    let ok = wait_until_async(|| {
+        let node = Arc::clone(&node);
+        let tp = tp.clone();
+        async move { node.produce(&tp, produce_request("after")).await.ok() }
+    })
+    .await;
+    assert_eq!(ok.base_offset, 1);
+    assert_eq!(committed_values(&node, &tp).await, vec!["before", "after"]);
+    let (_, voter) = cluster.nodes.remove(&leader).unwrap();
+    voter.shutdown().await;
+    for (_, (node, voter)) in std::mem::take(&mut cluster.nodes) {
+        node.shutdown(false).await;
+        voter.shutdown().await;
+    }
+}
