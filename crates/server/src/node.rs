@@ -866,11 +866,13 @@ impl Node {
         self.session.lock().want_shutdown = true;
         let deadline = Instant::now() + Duration::from_secs(5);
         while Instant::now() < deadline {
-            let session = self.session.lock();
-            if session.shutdown_ready || session.incarnation.is_none() {
+            let done = {
+                let session = self.session.lock();
+                session.shutdown_ready || session.incarnation.is_none()
+            };
+            if done {
                 break;
             }
-            drop(session);
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         info!(
