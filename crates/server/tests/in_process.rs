@@ -83,7 +83,8 @@ struct Cluster {
     router: Arc<Router>,
     network: LocalNetwork,
     nodes: BTreeMap<i32, (Arc<Node>, Arc<ControllerNode>)>,
-    _dirs: tempfile::TempDir,
+    voters: BTreeMap<u64, String>,
+    dirs: tempfile::TempDir,
 }
 
 fn address(id: i32) -> String {
@@ -93,37 +94,51 @@ fn address(id: i32) -> String {
 
 impl Cluster {
     async fn start(size: i32) -> Cluster {
-        let dirs = tempfile::tempdir().unwrap();
-        let router = Arc::new(Router::default());
-        let network = LocalNetwork::new();
-        let voters: BTreeMap<u64, String> = (1..=size).map(|id| (id as u64, address(id))).collect();
-        let mut nodes = BTreeMap::new();
+        let mut cluster = Cluster {
+            router: Arc::new(Router::default()),
+            network: LocalNetwork::new(),
+            nodes: BTreeMap::new(),
+            voters: (1..=size).map(|id| (id as u64, address(id))).collect(),
+            dirs: tempfile::tempdir().unwrap(),
+        };
         for id in 1..=size {
-            let data_dir = dirs.path().join(format!("node-{id}"));
-            let controller_dir = data_dir.join("controller");
-            let log_dir = OsDir::create_all(controller_dir.join("raft-log")).unwrap();
-            let checkpoints = OsDir::create_all(controller_dir.join("checkpoints")).unwrap();
-            let quorum = QuorumConfig::new(id as u64, voters.clone());
-            let voter =
-                ControllerNode::start(quorum, log_dir, checkpoints, network.transport(id as u64))
-                    .await
-                    .expect("voter starts");
-            network.add(&voter);
-            router
-                .voters
-                .write()
-                .insert(address(id), Arc::clone(&voter));
-            let config = NodeConfig::new(id, address(id), data_dir, voters.clone());
-            let node = Node::start(config, router.clone());
-            router.nodes.write().insert(address(id), Arc::clone(&node));
-            nodes.insert(id, (node, voter));
+            cluster.start_node(id).await;
         }
-        Cluster {
-            router,
-            network,
-            nodes,
-            _dirs: dirs,
-        }
+        cluster
+    }
+
+    fn data_dir(&self, id: i32) -> std::path::PathBuf {
+        self.dirs.path().join(format!("node-{id}"))
+    }
+
+    /// Starts (or restarts, from its files) node `id` and its voter.
+    async fn start_node(&mut self, id: i32) {
+        let data_dir = self.data_dir(id);
+        let controller_dir = data_dir.join("controller");
+        let log_dir = OsDir::create_all(controller_dir.join("raft-log")).unwrap();
+        let checkpoints = OsDir::create_all(controller_dir.join("checkpoints")).unwrap();
+        let quorum = QuorumConfig::new(id as u64, self.voters.clone());
+        self.network.heal(id as u64);
+        let voter = ControllerNode::start(
+            quorum,
+            log_dir,
+            checkpoints,
+            self.network.transport(id as u64),
+        )
+        .await
+        .expect("voter starts");
+        self.network.add(&voter);
+        self.router
+            .voters
+            .write()
+            .insert(address(id), Arc::clone(&voter));
+        let config = NodeConfig::new(id, address(id), data_dir, self.voters.clone());
+        let node = Node::start(config, self.router.clone());
+        self.router
+            .nodes
+            .write()
+            .insert(address(id), Arc::clone(&node));
+        self.nodes.insert(id, (node, voter));
     }
 
     fn node(&self, id: i32) -> &Arc<Node> {
@@ -138,6 +153,7 @@ impl Cluster {
         let (node, voter) = self.nodes.remove(&id).expect("running");
         voter.shutdown().await;
         node.shutdown(false).await;
+        self.network.remove(id as u64);
     }
 }
 
@@ -383,6 +399,100 @@ async fn a_controlled_shutdown_moves_leadership_away_before_stopping() {
     assert_eq!(committed_values(&node, &tp).await, vec!["before", "after"]);
     let (_, voter) = cluster.nodes.remove(&leader).unwrap();
     voter.shutdown().await;
+    for (_, (node, voter)) in std::mem::take(&mut cluster.nodes) {
+        node.shutdown(false).await;
+        voter.shutdown().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_with_a_corrupt_tail_cuts_it_refetches_and_rejoins() {
+    let mut cluster = Cluster::start(3).await;
+    wait_until("all nodes registered", || {
+        cluster
+            .nodes
+            .values()
+            .all(|(n, _)| n.incarnation().is_some())
+            .then_some(())
+    })
+    .await;
+    let create = CreateTopicRequest {
+        name: "heals".into(),
+        partitions: 1,
+        replication_factor: 3,
+        kind: TopicKind::Log,
+        config: TopicConfig {
+            min_insync_replicas: 2,
+            ..TopicConfig::default()
+        },
+    };
+    cluster
+        .node(1)
+        .create_topic(create)
+        .await
+        .expect("topic created");
+    let tp = TopicPartition {
+        topic: "heals".into(),
+        partition: 0,
+    };
+    let leader = wait_until("a leader with a full ISR", || {
+        let (_, metadata) = cluster.node(1).metadata();
+        let state = metadata.topic_by_name("heals")?.partitions.first()?.clone();
+        (state.isr.len() == 3).then_some(state.leader?)
+    })
+    .await;
+    let mut written = Vec::new();
+    for i in 0..10 {
+        let node = Arc::clone(cluster.node(leader));
+        let value = format!("v{i}");
+        wait_until_async(|| {
+            let node = Arc::clone(&node);
+            let tp = tp.clone();
+            let value = value.clone();
+            async move { node.produce(&tp, produce_request(&value)).await.ok() }
+        })
+        .await;
+        written.push(value);
+    }
+    let follower = *cluster.nodes.keys().find(|id| **id != leader).unwrap();
+    cluster.kill(follower).await;
+    // Bit rot in the follower's last batch: recovery must cut it (rule 10), and replication
+    // must bring it back.
+    let segment = cluster
+        .data_dir(follower)
+        .join("logs")
+        .join("heals-0")
+        .join("00000000000000000000.log");
+    let mut bytes = std::fs::read(&segment).unwrap();
+    let last = bytes.len() - 3;
+    bytes[last] ^= 0x55;
+    std::fs::write(&segment, &bytes).unwrap();
+    cluster.start_node(follower).await;
+    let leader_segment = cluster
+        .data_dir(leader)
+        .join("logs")
+        .join("heals-0")
+        .join("00000000000000000000.log");
+    wait_until(
+        "the follower's log byte-identical to the leader's again",
+        || {
+            let repaired = std::fs::read(&segment).ok()?;
+            let leaders = std::fs::read(&leader_segment).ok()?;
+            (repaired == leaders && repaired != bytes).then_some(())
+        },
+    )
+    .await;
+    wait_until(
+        "the follower back in the ISR under its new incarnation",
+        || {
+            let (_, metadata) = cluster.node(leader).metadata();
+            let state = metadata.topic_by_name("heals")?.partitions.first()?.clone();
+            let incarnation = cluster.node(follower).incarnation()?;
+            let registered = metadata.node(follower)?.incarnation == incarnation;
+            (registered && state.isr.contains(&follower)).then_some(())
+        },
+    )
+    .await;
     for (_, (node, voter)) in std::mem::take(&mut cluster.nodes) {
         node.shutdown(false).await;
         voter.shutdown().await;
