@@ -21,6 +21,10 @@ const SCAN_BYTES: usize = 1 << 20;
 /// survives a restart (rule 9). That reads the whole log; a producer-state snapshot beside
 /// the HW checkpoint would bound it (not built yet).
 pub fn recover(log: &dyn Log) -> Result<(LocalLog, i64), StorageError> {
+    // Mutation (crates/sim): the pre-KIP-101 bug, cutting the log to the HW checkpoint at
+    // start. Rule 6 forbids it: the tail above the HW may hold acknowledged data.
+    #[cfg(feature = "mutation-truncate-to-hw")]
+    log.truncate_to(log.offsets().high_watermark)?;
     let offsets = log.offsets();
     let mut epochs = EpochCache::new();
     for entry in log.epochs() {

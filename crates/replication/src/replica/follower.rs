@@ -19,8 +19,9 @@ pub(super) struct FollowerState {
     fetch: FetchState,
     /// The leader waits for flushed offsets up to here (from its last fetch answer).
     pub(super) flush_up_to: i64,
-    /// The flushed offset last reported to the leader in this epoch.
+    /// The flushed offset last reported to the leader in this epoch, and when.
     reported_flushed_offset: i64,
+    reported_at_ms: i64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -50,6 +51,7 @@ impl Replica {
             },
             flush_up_to: 0,
             reported_flushed_offset: -1,
+            reported_at_ms: i64::MIN,
         });
         self.partition = Some(partition);
         self.answer_all_parked(out);
@@ -296,8 +298,14 @@ impl Replica {
             return;
         };
         let wanted = always || f.flush_up_to > 0;
-        if wanted && flushed_offset > f.reported_flushed_offset {
+        // A report is a one-way message: one that was lost is sent again, at most once per
+        // long-poll period, or a leader waiting on it would wait forever on an idle partition
+        // (found by the simulator, seed 339).
+        let resend =
+            self.now_ms.saturating_sub(f.reported_at_ms) >= self.config.replica_fetch_wait_max_ms;
+        if wanted && (flushed_offset > f.reported_flushed_offset || resend) {
             f.reported_flushed_offset = flushed_offset;
+            f.reported_at_ms = self.now_ms;
             out.push(Action::SendFlushReport {
                 to: leader,
                 leader_epoch,

@@ -68,6 +68,11 @@ impl LeaderState {
     /// does not count until committed, so a cut-off leader cannot shrink the ISR to itself and
     /// acknowledge alone (rule 5).
     fn maximal_isr(&self, partition: &PartitionState) -> Vec<NodeId> {
+        // Mutation (crates/sim): count a proposed removal before it commits.
+        #[cfg(feature = "mutation-early-isr-removal")]
+        if let Some(proposal) = &self.proposal {
+            return normalized(proposal.clone());
+        }
         let mut isr = partition.isr.clone();
         if let Some(proposal) = &self.proposal {
             isr.extend(proposal.iter().copied());
@@ -254,7 +259,13 @@ impl Replica {
         let Some(f) = leader.followers.get_mut(&replica_id) else {
             return;
         };
-        f.flushed_offset = Some(flushed_offset);
+        // Reports only go up: a duplicated or late report must not lower it (the follower
+        // reports only increases, so a lowered value would stall flushed produces for good).
+        // A truncating follower lowers it through its fetch offset instead.
+        f.flushed_offset = Some(
+            f.flushed_offset
+                .map_or(flushed_offset, |x| x.max(flushed_offset)),
+        );
         self.leader_progress(out);
     }
 
@@ -268,9 +279,9 @@ impl Replica {
         let (Some(partition), Role::Leader(leader)) = (&mut self.partition, &mut self.role) else {
             return;
         };
-        if leader.proposal.take().is_none() {
+        let Some(proposal) = leader.proposal.take() else {
             return; // an answer to a proposal that metadata already superseded
-        }
+        };
         match result {
             Ok(state) => {
                 if state.leader_epoch != partition.leader_epoch
@@ -284,7 +295,11 @@ impl Replica {
                 self.after_isr_commit(out);
             }
             Err(IsrChangeError::FencedLeaderEpoch | IsrChangeError::InvalidUpdateVersion) => {
-                // Our view is stale: propose nothing until new metadata arrives.
+                // Our view is stale: propose nothing until new metadata arrives. The proposal
+                // may itself be what made it stale (an earlier copy of it committed), so its
+                // additions keep counting toward the HW until then (found by the simulator,
+                // seed 239: the HW passed a member the controller had just added).
+                leader.proposal = Some(proposal);
                 leader.propose_not_before_ms = i64::MAX;
             }
             Err(_) => leader.propose_not_before_ms = now.saturating_add(backoff),
@@ -369,6 +384,10 @@ impl Replica {
             .into_iter()
             .partition(|p| {
                 let reached = match (p.acks, p.durability) {
+                    // Mutation (crates/sim): acknowledge acks=all once the leader has it.
+                    #[cfg(feature = "mutation-ack-before-hw")]
+                    (Acks::All, Durability::Replicated) => self.log.log_end_offset,
+                    #[cfg(not(feature = "mutation-ack-before-hw"))]
                     (Acks::All, Durability::Replicated) => self.high_watermark,
                     (Acks::All, Durability::Flushed) => leader.flushed_high_watermark,
                     (_, Durability::Replicated) => self.log.log_end_offset,
@@ -435,7 +454,13 @@ impl Replica {
         else {
             return;
         };
+        #[cfg(not(feature = "mutation-rejoin-without-epoch-start"))]
         if leo < self.high_watermark || leo < leader.epoch_start_offset {
+            return;
+        }
+        // Mutation (crates/sim): KAFKA-7128, rejoin below the start of the leader's epoch.
+        #[cfg(feature = "mutation-rejoin-without-epoch-start")]
+        if leo < self.high_watermark {
             return;
         }
         let mut isr = partition.isr.clone();

@@ -1025,6 +1025,145 @@ fn a_flushed_produce_waits_for_every_isr_member_to_flush() {
     assert_eq!(out, vec![ok(1, 0)]);
 }
 
+/// Found by the simulator (seed 57): a duplicated flush report delivered late lowered the
+/// leader's view of the follower's flushed offset, and a retried flushed produce then waited
+/// forever (a follower reports only increases).
+#[test]
+fn a_late_flush_report_does_not_lower_the_flushed_offset() {
+    let mut r = leader(&[1, 2], 2);
+    let request = ProduceRequest {
+        durability: Durability::Flushed,
+        ..produce_request(Acks::All, batch(&["a"]))
+    };
+    r.step(
+        0,
+        Event::Produce {
+            id: RequestId(1),
+            request,
+        },
+    );
+    appended(&mut r, 0, 1);
+    r.step(0, Event::Flushed { flushed_offset: 1 });
+    for flushed_offset in [1, 0] {
+        r.step(
+            0,
+            Event::FlushReport {
+                replica_id: 2,
+                leader_epoch: EPOCH,
+                flushed_offset,
+            },
+        );
+    }
+    let out = fetch(&mut r, 0, 10, follower_fetch(2, 1, Some(EPOCH)));
+    assert!(
+        out.contains(&ok(1, 0)),
+        "acknowledged once replicated: {out:?}"
+    );
+}
+
+/// Found by the simulator (seed 57): a retried flushed produce whose batch is already in the
+/// log appends nothing, so nothing used to issue the flush it waits for.
+#[test]
+fn a_retried_flushed_produce_flushes_the_log_it_waits_for() {
+    let mut r = leader(&[1], 1);
+    let request = || ProduceRequest {
+        durability: Durability::Replicated,
+        ..produce_request(Acks::All, idempotent_batch((7, 0, 0), &["a"]))
+    };
+    r.step(
+        0,
+        Event::Produce {
+            id: RequestId(1),
+            request: request(),
+        },
+    );
+    let out = appended(&mut r, 0, 1);
+    assert!(out.contains(&ok(1, 0)), "{out:?}");
+    let retry = ProduceRequest {
+        durability: Durability::Flushed,
+        ..request()
+    };
+    let out = r.step(
+        0,
+        Event::Produce {
+            id: RequestId(2),
+            request: retry,
+        },
+    );
+    assert_eq!(
+        out,
+        vec![Action::Flush],
+        "the retry needs the batch on disk"
+    );
+    let out = r.step(0, Event::Flushed { flushed_offset: 1 });
+    assert_eq!(out, vec![ok(2, 0)]);
+}
+
+/// Found by the simulator (seed 339): a flush report is a one-way message, and a lost one
+/// was never sent again, so a leader waiting for it on an idle partition waited forever.
+#[test]
+fn a_follower_sends_its_flush_report_again_while_the_leader_asks() {
+    let (mut r, fetch_id) = follower_over(log(3, &[(1, 0)]), 0);
+    r.step(0, Event::Flushed { flushed_offset: 3 });
+    let asking = |fetch_id| Event::FetchResponse {
+        fetch_id,
+        response: Ok(FetchData {
+            flush_up_to: Some(3),
+            high_watermark: 3,
+            ..data_ok()
+        }),
+    };
+    let report = Action::SendFlushReport {
+        to: 1,
+        leader_epoch: EPOCH,
+        flushed_offset: 3,
+    };
+    let out = r.step(0, asking(fetch_id));
+    assert!(out.contains(&report), "{out:?}");
+    // The report is lost. The leader's next answer, a long poll later, still asks.
+    let wait = config().replica_fetch_wait_max_ms;
+    let out = r.step(wait, asking(FetchId(2)));
+    assert!(out.contains(&report), "sent again: {out:?}");
+}
+
+fn data_ok() -> FetchData<Bytes> {
+    FetchData {
+        high_watermark: 0,
+        log_start_offset: 0,
+        log_end_offset: 3,
+        diverging_epoch: None,
+        records: Bytes::new(),
+        flush_up_to: None,
+    }
+}
+
+/// Found by the simulator (seed 239): an ISR expansion sent twice commits once; the copy that
+/// is refused as stale must not make the leader forget the addition before metadata says
+/// which state won, or its HW passes a member the controller has just put in the ISR.
+#[test]
+fn a_stale_refusal_of_an_addition_keeps_counting_it_until_metadata() {
+    let mut r = leader_with_three(&[1, 2], 1, Acks::Leader);
+    fetch(&mut r, 0, 10, follower_fetch(2, 3, Some(EPOCH)));
+    let out = fetch(&mut r, 0, 11, follower_fetch(3, 3, Some(EPOCH)));
+    assert!(
+        out.contains(&Action::ProposeIsr {
+            leader_epoch: EPOCH,
+            partition_epoch: PARTITION_EPOCH,
+            isr: vec![1, 2, 3]
+        }),
+        "{out:?}"
+    );
+    r.step(
+        0,
+        Event::IsrChangeResult(Err(IsrChangeError::InvalidUpdateVersion)),
+    );
+    produce(&mut r, 0, 2, Acks::Leader, &["d"]);
+    appended(&mut r, 0, 4);
+    let out = fetch(&mut r, 0, 12, follower_fetch(2, 4, Some(EPOCH)));
+    assert!(!out.contains(&hw(4)), "node 3 may be in the ISR: {out:?}");
+    assert_eq!(r.high_watermark(), 3);
+}
+
 // ---- failures ----
 
 #[test]

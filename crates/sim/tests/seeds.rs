@@ -1,0 +1,57 @@
+//! A fixed set of seeds, every check after every event (see docs/simulation.md). Bounded to
+//! about a minute in debug on 2 cores; `tandem-sim --seeds N` runs more.
+
+use tandem_sim::run_seed;
+use tandem_sim::runner::{failure_report, run_many, Limit};
+
+/// Seeds 0..SEEDS: every fault mix the swarm draws, a few hundred times.
+const SEEDS: u64 = 1500;
+
+#[test]
+fn fixed_seeds_pass_every_check() {
+    let jobs = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let summary = run_many(0, Limit::Seeds(SEEDS), jobs, true);
+    assert_eq!(summary.seeds, SEEDS, "every seed ran");
+    if let Some((seed, _)) = summary.failures.first() {
+        panic!("{}", failure_report(*seed));
+    }
+    assert!(
+        summary.acked_all > SEEDS * 50,
+        "the workload makes progress: {summary:?}"
+    );
+    for fault in [
+        "crash",
+        "power-loss",
+        "partition",
+        "wipe",
+        "corrupt",
+        "controller-failover",
+    ] {
+        assert!(
+            summary.faults.get(fault).copied().unwrap_or(0) > 0,
+            "no {fault} injected"
+        );
+    }
+}
+
+/// The same seed runs the same way: every random choice comes from the seed.
+#[test]
+fn a_seed_replays_exactly() {
+    for seed in [3, 57, 239] {
+        let a = run_seed(seed, true);
+        let b = run_seed(seed, true);
+        assert_eq!(a.stats.events, b.stats.events, "seed {seed}");
+        assert_eq!(a.stats.acked_all, b.stats.acked_all, "seed {seed}");
+        assert_eq!(a.trace, b.trace, "seed {seed}");
+    }
+}
+
+/// Seeds that found bugs in the cores (see the regression tests named after them in
+/// crates/replication/src/replica/tests.rs) keep passing.
+#[test]
+fn seeds_that_found_bugs_pass() {
+    for seed in [57, 239, 339, 432, 2284] {
+        let r = run_seed(seed, false);
+        assert!(r.failure.is_none(), "seed {seed}: {:?}", r.failure);
+    }
+}
