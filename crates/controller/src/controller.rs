@@ -161,6 +161,11 @@ pub struct RegisterRequest {
     /// Did the previous process of this node stop cleanly (flushed everything)? If not, it may
     /// have lost an unflushed tail and leaves every ELR of topics that do not flush always.
     pub previous_shutdown_clean: bool,
+    /// Did this node lose data it had flushed: a new or wiped disk, or a corrupt tail that
+    /// recovery cut? Then it leaves every ELR, whatever the topics' flush policy (found by the
+    /// simulator, seed 432: trusting a flush-always replica with a cut tail lost committed data).
+    #[serde(default)]
+    pub lost_data: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -434,8 +439,8 @@ impl ActiveController {
                 // session to expire.
                 self.fence_in(&mut txn, request.node_id, FenceReason::Replaced);
             }
-            if !request.previous_shutdown_clean {
-                self.drop_from_elrs(&mut txn, request.node_id);
+            if request.lost_data || !request.previous_shutdown_clean {
+                self.drop_from_elrs(&mut txn, request.node_id, request.lost_data);
             }
         }
         let incarnation = txn.view().next_incarnation;
@@ -456,12 +461,15 @@ impl ActiveController {
     }
 
     /// A node that may have lost its unflushed tail is no longer a safe leader for partitions
-    /// that do not flush on every append.
-    fn drop_from_elrs(&mut self, txn: &mut Txn, node_id: NodeId) {
+    /// that do not flush on every append; one that lost flushed data (`everywhere`) is safe for
+    /// none.
+    fn drop_from_elrs(&mut self, txn: &mut Txn, node_id: NodeId, everywhere: bool) {
         let affected: Vec<(TopicId, PartitionIndex)> = txn
             .view()
             .partitions()
-            .filter(|(t, _, p)| p.elr.contains(&node_id) && t.config.flush != FlushPolicy::Always)
+            .filter(|(t, _, p)| {
+                p.elr.contains(&node_id) && (everywhere || t.config.flush != FlushPolicy::Always)
+            })
             .map(|(t, i, _)| (t.id, i))
             .collect();
         for (topic_id, index) in affected {

@@ -168,6 +168,7 @@ async fn register(cluster_network: &LocalNetwork, voters: &[u64], node_id: i32) 
         }],
         rack: None,
         previous_shutdown_clean: true,
+        lost_data: false,
     });
     match call_active(cluster_network, voters, request).await {
         ControllerResponse::Register(Ok(reply)) => reply.incarnation,

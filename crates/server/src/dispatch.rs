@@ -27,25 +27,36 @@ pub struct ConnectionContext {
     pub heartbeating_node: Mutex<Option<(i32, u64)>>,
 }
 
-pub async fn answer(
-    services: &Services,
-    context: &ConnectionContext,
-    request: Request,
-) -> Option<Bytes> {
+/// What to send back for one request.
+pub enum Answer {
+    Frame(Bytes),
+    /// No answer is due (a produce with acks=0).
+    Nothing,
+    /// The answer cannot be expressed at the request's version: close the connection rather
+    /// than leave the client waiting for an answer that will never come.
+    Close,
+}
+
+pub async fn answer(services: &Services, context: &ConnectionContext, request: Request) -> Answer {
     match request {
         Request::Kafka { header, body } => {
-            let api_key = ApiKey::try_from(header.request_api_key).ok()?;
-            let response = crate::kafka::handle(&services.node, &header, body).await?;
+            let Ok(api_key) = ApiKey::try_from(header.request_api_key) else {
+                return Answer::Close;
+            };
+            let Some(response) = crate::kafka::handle(&services.node, &header, body).await else {
+                return Answer::Nothing;
+            };
             match encode_response(
                 api_key,
                 header.request_api_version,
                 header.correlation_id,
                 &response,
             ) {
-                Ok(frame) => Some(frame),
+                Ok(frame) => Answer::Frame(frame),
                 Err(e) => {
-                    warn!(?api_key, error = %e, "could not encode a response");
-                    None
+                    warn!(?api_key, version = header.request_api_version, error = %e,
+                        "could not encode a response; closing the connection");
+                    Answer::Close
                 }
             }
         }
@@ -55,7 +66,7 @@ pub async fn answer(
             ..
         } => {
             let response = tandem(services, context, body).await;
-            Some(encode_tandem_response(correlation_id, &response))
+            Answer::Frame(encode_tandem_response(correlation_id, &response))
         }
     }
 }

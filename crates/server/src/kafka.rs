@@ -47,7 +47,7 @@ pub async fn handle(
     body: RequestKind,
 ) -> Option<ResponseKind> {
     let version = header.request_api_version;
-    Some(match body {
+    let mut response = match body {
         RequestKind::ApiVersions(_) => {
             ResponseKind::ApiVersions(tandem_protocol::api_versions_response())
         }
@@ -68,7 +68,77 @@ pub async fn handle(
         RequestKind::InitProducerId(_) => ResponseKind::InitProducerId(init_producer_id(node)),
         RequestKind::DescribeCluster(_) => ResponseKind::DescribeCluster(describe_cluster(node)),
         _ => return None,
-    })
+    };
+    fit_to_version(&mut response, version);
+    Some(response)
+}
+
+/// Clears what `version` of a response cannot carry. kafka-protocol refuses to encode a
+/// response with a field set that its version lacks ("A field is set that is not available on
+/// the selected protocol version"), and the client would wait for an answer that never comes:
+/// librdkafka 2.0 (kcat in Debian 12) asks ListOffsets v2, which has no leader epoch. The
+/// handlers fill in everything; this takes out, per version, every such field of the responses
+/// we serve (kafka-protocol 0.18's list; `tests::every_response_encodes_at_every_version`).
+pub fn fit_to_version(response: &mut ResponseKind, version: i16) {
+    match response {
+        ResponseKind::ListOffsets(r) if version < 4 => {
+            for p in r.topics.iter_mut().flat_map(|t| t.partitions.iter_mut()) {
+                p.leader_epoch = -1;
+            }
+        }
+        ResponseKind::Produce(r) => {
+            for p in r
+                .responses
+                .iter_mut()
+                .flat_map(|t| t.partition_responses.iter_mut())
+            {
+                if version < 8 {
+                    p.record_errors.clear();
+                    p.error_message = None;
+                }
+                if version < 10 {
+                    p.current_leader = LeaderIdAndEpoch::default();
+                }
+            }
+            if version < 10 {
+                r.node_endpoints.clear();
+            }
+        }
+        ResponseKind::Fetch(r) => {
+            if version < 7 {
+                r.session_id = 0;
+            }
+            if version < 16 {
+                r.node_endpoints.clear();
+            }
+            for p in r.responses.iter_mut().flat_map(|t| t.partitions.iter_mut()) {
+                if version < 11 {
+                    p.preferred_read_replica = BrokerId(-1);
+                }
+                if version < 12 {
+                    p.diverging_epoch = EpochEndOffset::default();
+                    p.current_leader = Default::default();
+                    p.snapshot_id = Default::default();
+                }
+            }
+        }
+        ResponseKind::DescribeCluster(r) => {
+            if version < 1 {
+                r.endpoint_type = 1;
+            }
+            if version < 2 {
+                for b in &mut r.brokers {
+                    b.is_fenced = false;
+                }
+            }
+        }
+        ResponseKind::CreateTopics(r) if version < 5 => {
+            for t in &mut r.topics {
+                t.configs = None;
+            }
+        }
+        _ => {}
+    }
 }
 
 /// The API keys [`handle`] answers.
@@ -266,15 +336,43 @@ async fn produce(node: &Arc<Node>, request: ProduceRequest) -> Option<ProduceRes
     Some(ProduceResponse::default().with_responses(responses))
 }
 
+type FetchResult = Result<types::FetchData<bytes::Bytes>, i16>;
+
+async fn fetch_one(node: &Node, tp: &TopicPartition, fetch: types::FetchRequest) -> FetchResult {
+    if !node.partition_exists(tp) {
+        return Err(errors::UNKNOWN_TOPIC_OR_PARTITION);
+    }
+    node.fetch(tp, fetch).await.map_err(|e| read_error_code(&e))
+}
+
+/// Every partition's fetch at once, results in request order.
+async fn fetch_all(
+    node: &Arc<Node>,
+    wanted: &[(TopicPartition, types::FetchRequest)],
+) -> Vec<FetchResult> {
+    let calls: Vec<_> = wanted
+        .iter()
+        .map(|(tp, fetch)| {
+            let (node, tp, fetch) = (Arc::clone(node), tp.clone(), fetch.clone());
+            tokio::spawn(async move { fetch_one(&node, &tp, fetch).await })
+        })
+        .collect();
+    let mut results = Vec::with_capacity(calls.len());
+    for call in calls {
+        results.push(call.await.unwrap_or(Err(errors::UNKNOWN_SERVER_ERROR)));
+    }
+    results
+}
+
 async fn fetch(node: &Arc<Node>, request: FetchRequest) -> FetchResponse {
     // Both of Kafka's isolation levels read only below the HW here, as in Kafka without
     // transactions: READ_UNCOMMITTED differs only for aborted transactional data.
     let max_wait_ms = request.max_wait_ms.max(0) as i64;
-    let mut calls = Vec::new();
+    let min_bytes = request.min_bytes.max(1) as usize;
+    let mut wanted = Vec::new();
     for topic in request.topics {
         let name = topic.topic.0.to_string();
         for partition in topic.partitions {
-            let node = Arc::clone(node);
             let tp = TopicPartition {
                 topic: name.clone(),
                 partition: partition.partition,
@@ -287,25 +385,43 @@ async fn fetch(node: &Arc<Node>, request: FetchRequest) -> FetchResponse {
                 current_leader_epoch: (partition.current_leader_epoch >= 0)
                     .then_some(partition.current_leader_epoch),
                 max_bytes: partition.partition_max_bytes.max(0) as usize,
-                max_wait_ms,
+                max_wait_ms: 0,
             };
-            calls.push(tokio::spawn(async move {
-                if !node.partition_exists(&tp) {
-                    return (tp, Err(errors::UNKNOWN_TOPIC_OR_PARTITION));
-                }
-                let result = node
-                    .fetch(&tp, fetch)
-                    .await
-                    .map_err(|e| read_error_code(&e));
-                (tp, result)
-            }));
+            wanted.push((tp, fetch));
+        }
+    }
+    // Kafka's rule: answer as soon as `min_bytes` are there, or an error, or after
+    // `max_wait_ms`. First what every partition has now; then, if that is not enough, a long
+    // poll on each that returns when enough has arrived *in total* — not when the slowest
+    // partition's own wait ends (an idle partition must not hold back a busy one's records).
+    let mut results = fetch_all(node, &wanted).await;
+    let enough = |results: &[FetchResult]| {
+        results.iter().any(Result::is_err)
+            || results
+                .iter()
+                .map(|r| r.as_ref().map_or(0, |d| d.records.len()))
+                .sum::<usize>()
+                >= min_bytes
+    };
+    if max_wait_ms > 0 && !enough(&results) {
+        let mut polls = tokio::task::JoinSet::new();
+        for (index, (tp, fetch)) in wanted.iter().enumerate() {
+            let (node, tp) = (Arc::clone(node), tp.clone());
+            let fetch = types::FetchRequest {
+                max_wait_ms,
+                ..fetch.clone()
+            };
+            polls.spawn(async move { (index, fetch_one(&node, &tp, fetch).await) });
+        }
+        while let Some(Ok((index, result))) = polls.join_next().await {
+            results[index] = result;
+            if enough(&results) {
+                break; // the other polls are dropped with the set
+            }
         }
     }
     let mut by_topic: std::collections::BTreeMap<String, Vec<PartitionData>> = Default::default();
-    for call in calls {
-        let Ok((tp, result)) = call.await else {
-            continue;
-        };
+    for ((tp, _), result) in wanted.into_iter().zip(results) {
         let data = match result {
             Ok(data) => {
                 let mut partition = PartitionData::default()
@@ -575,4 +691,216 @@ fn describe_cluster(node: &Node) -> DescribeClusterResponse {
         .with_cluster_id(str_bytes("tandem"))
         .with_controller_id(BrokerId(node.node_id()))
         .with_brokers(brokers)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kafka_protocol::messages::create_topics_response::CreatableTopicConfigs;
+    use kafka_protocol::messages::produce_response::{BatchIndexAndErrorMessage, NodeEndpoint};
+    use kafka_protocol::messages::DeleteTopicsResponse;
+    use tandem_protocol::{decode_response, encode_response, supported_range};
+
+    const SERVED: [ApiKey; 9] = [
+        ApiKey::ApiVersions,
+        ApiKey::Metadata,
+        ApiKey::Produce,
+        ApiKey::Fetch,
+        ApiKey::ListOffsets,
+        ApiKey::CreateTopics,
+        ApiKey::DeleteTopics,
+        ApiKey::InitProducerId,
+        ApiKey::DescribeCluster,
+    ];
+
+    /// A response with every field our handlers (may) fill in, and then some.
+    fn populated(api: ApiKey) -> ResponseKind {
+        match api {
+            ApiKey::ApiVersions => {
+                ResponseKind::ApiVersions(tandem_protocol::api_versions_response())
+            }
+            ApiKey::Metadata => ResponseKind::Metadata(
+                MetadataResponse::default()
+                    .with_brokers(vec![MetadataResponseBroker::default()
+                        .with_node_id(BrokerId(1))
+                        .with_host(str_bytes("127.0.0.1"))
+                        .with_port(9092)])
+                    .with_cluster_id(Some(str_bytes("tandem")))
+                    .with_controller_id(BrokerId(1))
+                    .with_topics(vec![
+                        MetadataResponseTopic::default()
+                            .with_name(Some(topic_name("t")))
+                            .with_partitions(vec![MetadataResponsePartition::default()
+                                .with_error_code(errors::LEADER_NOT_AVAILABLE)
+                                .with_leader_id(BrokerId(1))
+                                .with_leader_epoch(4)
+                                .with_replica_nodes(vec![BrokerId(1), BrokerId(2)])
+                                .with_isr_nodes(vec![BrokerId(1)])
+                                .with_offline_replicas(vec![BrokerId(2)])]),
+                        MetadataResponseTopic::default()
+                            .with_name(Some(topic_name("missing")))
+                            .with_error_code(errors::UNKNOWN_TOPIC_OR_PARTITION),
+                    ]),
+            ),
+            ApiKey::Produce => ResponseKind::Produce(
+                ProduceResponse::default()
+                    .with_responses(vec![TopicProduceResponse::default()
+                        .with_name(topic_name("t"))
+                        .with_partition_responses(vec![
+                            PartitionProduceResponse::default()
+                                .with_index(0)
+                                .with_base_offset(7)
+                                .with_log_start_offset(0)
+                                .with_log_append_time_ms(-1),
+                            PartitionProduceResponse::default()
+                                .with_index(1)
+                                .with_error_code(errors::NOT_LEADER_OR_FOLLOWER)
+                                .with_base_offset(-1)
+                                .with_error_message(Some(str_bytes("not the leader")))
+                                .with_record_errors(vec![
+                                    BatchIndexAndErrorMessage::default().with_batch_index(2)
+                                ])
+                                .with_current_leader(
+                                    LeaderIdAndEpoch::default()
+                                        .with_leader_id(BrokerId(2))
+                                        .with_leader_epoch(5),
+                                ),
+                        ])])
+                    .with_node_endpoints(vec![NodeEndpoint::default()
+                        .with_node_id(BrokerId(2))
+                        .with_host(str_bytes("127.0.0.1"))
+                        .with_port(9093)]),
+            ),
+            ApiKey::Fetch => ResponseKind::Fetch(FetchResponse::default().with_responses(
+                vec![FetchableTopicResponse::default()
+                    .with_topic(topic_name("t"))
+                    .with_partitions(vec![PartitionData::default()
+                        .with_partition_index(0)
+                        .with_high_watermark(10)
+                        .with_last_stable_offset(10)
+                        .with_log_start_offset(0)
+                        .with_preferred_read_replica(BrokerId(2))
+                        .with_diverging_epoch(
+                            EpochEndOffset::default()
+                                .with_epoch(3)
+                                .with_end_offset(8),
+                        )
+                        .with_records(Some(bytes::Bytes::from_static(b"batch")))])],
+            )),
+            ApiKey::ListOffsets => {
+                ResponseKind::ListOffsets(ListOffsetsResponse::default().with_topics(
+                    vec![ListOffsetsTopicResponse::default()
+                    .with_name(topic_name("t"))
+                    .with_partitions(vec![ListOffsetsPartitionResponse::default()
+                        .with_partition_index(0)
+                        .with_timestamp(-1)
+                        .with_offset(10)
+                        .with_leader_epoch(3)])],
+                ))
+            }
+            ApiKey::CreateTopics => ResponseKind::CreateTopics(
+                CreateTopicsResponse::default().with_topics(vec![CreatableTopicResult::default()
+                    .with_name(topic_name("t"))
+                    .with_error_code(errors::INVALID_CONFIG)
+                    .with_error_message(Some(str_bytes("bad value")))
+                    .with_num_partitions(3)
+                    .with_replication_factor(3)
+                    .with_configs(Some(vec![CreatableTopicConfigs::default()
+                        .with_name(str_bytes("min.insync.replicas"))
+                        .with_value(Some(str_bytes("2")))
+                        .with_read_only(true)]))]),
+            ),
+            ApiKey::DeleteTopics => {
+                ResponseKind::DeleteTopics(DeleteTopicsResponse::default().with_responses(vec![
+                    DeletableTopicResult::default()
+                        .with_name(Some(topic_name("t")))
+                        .with_error_code(errors::UNKNOWN_TOPIC_OR_PARTITION)
+                        .with_error_message(Some(str_bytes("no such topic"))),
+                ]))
+            }
+            ApiKey::InitProducerId => ResponseKind::InitProducerId(
+                InitProducerIdResponse::default()
+                    .with_producer_id(ProducerId(1 << 20))
+                    .with_producer_epoch(0),
+            ),
+            ApiKey::DescribeCluster => ResponseKind::DescribeCluster(
+                DescribeClusterResponse::default()
+                    .with_cluster_id(str_bytes("tandem"))
+                    .with_controller_id(BrokerId(1))
+                    .with_brokers(vec![DescribeClusterBroker::default()
+                        .with_broker_id(BrokerId(2))
+                        .with_host(str_bytes("127.0.0.1"))
+                        .with_port(9093)
+                        .with_is_fenced(true)]),
+            ),
+            other => panic!("{other:?} is not served"),
+        }
+    }
+
+    #[test]
+    fn every_response_encodes_at_every_version() {
+        for api in SERVED {
+            let (lo, hi) = supported_range(api).unwrap();
+            for version in lo..=hi {
+                let mut response = populated(api);
+                fit_to_version(&mut response, version);
+                let frame = encode_response(api, version, 9, &response)
+                    .unwrap_or_else(|e| panic!("{api:?} v{version}: {e}"));
+                let (correlation_id, _) = decode_response(api, version, frame)
+                    .unwrap_or_else(|e| panic!("{api:?} v{version}: {e}"));
+                assert_eq!(correlation_id, 9);
+            }
+        }
+    }
+
+    /// kcat 1.7.1 (librdkafka 2.0.2) sends ListOffsets v2: before the fit, the leader epoch
+    /// made the response unencodable and kcat -C -o beginning hung until its request timeout.
+    #[test]
+    fn list_offsets_below_v4_drops_the_leader_epoch_and_keeps_it_from_v4() {
+        let response = populated(ApiKey::ListOffsets);
+        assert!(encode_response(ApiKey::ListOffsets, 2, 1, &response).is_err());
+        for version in [1, 2, 3, 4, 6] {
+            let mut fitted = response.clone();
+            fit_to_version(&mut fitted, version);
+            let frame = encode_response(ApiKey::ListOffsets, version, 1, &fitted).unwrap();
+            let (_, ResponseKind::ListOffsets(decoded)) =
+                decode_response(ApiKey::ListOffsets, version, frame).unwrap()
+            else {
+                panic!("not a ListOffsets response");
+            };
+            let p = &decoded.topics[0].partitions[0];
+            assert_eq!(p.offset, 10);
+            assert_eq!(p.leader_epoch, if version >= 4 { 3 } else { -1 });
+        }
+    }
+
+    /// A NOT_LEADER_OR_FOLLOWER produce answer carries the new leader from v10 on (KIP-951),
+    /// and is still answered, with the error code alone, before.
+    #[test]
+    fn produce_leader_hint_only_from_v10() {
+        let response = populated(ApiKey::Produce);
+        for version in [3, 7, 9, 10, 11] {
+            let mut fitted = response.clone();
+            fit_to_version(&mut fitted, version);
+            let frame = encode_response(ApiKey::Produce, version, 1, &fitted).unwrap();
+            let (_, ResponseKind::Produce(decoded)) =
+                decode_response(ApiKey::Produce, version, frame).unwrap()
+            else {
+                panic!("not a Produce response");
+            };
+            let p = &decoded.responses[0].partition_responses[1];
+            assert_eq!(p.error_code, errors::NOT_LEADER_OR_FOLLOWER);
+            let expected = if version >= 10 { 2 } else { -1 };
+            assert_eq!(p.current_leader.leader_id, BrokerId(expected));
+        }
+    }
+
+    #[test]
+    fn describe_cluster_fenced_flag_only_from_v2() {
+        let response = populated(ApiKey::DescribeCluster);
+        assert!(encode_response(ApiKey::DescribeCluster, 1, 1, &response).is_err());
+        let mut fitted = response.clone();
+        fit_to_version(&mut fitted, 2);
+        assert_eq!(fitted, response, "v2 carries everything");
+    }
 }

@@ -11,6 +11,7 @@
 pub mod dispatch;
 pub mod kafka;
 pub mod listener;
+pub mod local_state;
 pub mod node;
 pub mod partition;
 pub mod peer_client;

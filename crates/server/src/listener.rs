@@ -8,7 +8,6 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use bytes::Bytes;
 use futures_util::StreamExt;
 use tandem_controller::ControllerNode;
 use tandem_protocol::{decode_request, error_response};
@@ -18,6 +17,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::codec::FramedRead;
 use tracing::{debug, info, warn};
 
+use crate::dispatch::Answer;
 use crate::node::Node;
 
 /// Requests a connection may have in flight before the reader waits for answers.
@@ -57,8 +57,8 @@ pub async fn serve(
 async fn connection(stream: TcpStream, peer: SocketAddr, services: Arc<Services>) {
     let (read, write) = stream.into_split();
     let mut frames = FramedRead::new(read, tandem_protocol::frame_codec(services.max_frame_bytes));
-    let (queue, answers) = mpsc::channel::<oneshot::Receiver<Option<Bytes>>>(MAX_IN_FLIGHT);
-    let (immediate, immediate_answers) = mpsc::unbounded_channel::<Bytes>();
+    let (queue, answers) = mpsc::channel::<oneshot::Receiver<Answer>>(MAX_IN_FLIGHT);
+    let (immediate, immediate_answers) = mpsc::unbounded_channel::<Answer>();
     let writer = tokio::spawn(write_answers(write, answers, immediate_answers));
     let context = Arc::new(crate::dispatch::ConnectionContext::default());
     while let Some(frame) = frames.next().await {
@@ -78,11 +78,8 @@ async fn connection(stream: TcpStream, peer: SocketAddr, services: Arc<Services>
                 let context = Arc::clone(&context);
                 let immediate = immediate.clone();
                 tokio::spawn(async move {
-                    if let Some(response) =
-                        crate::dispatch::answer(&services, &context, request).await
-                    {
-                        let _ = immediate.send(response);
-                    }
+                    let _ =
+                        immediate.send(crate::dispatch::answer(&services, &context, request).await);
                 });
             }
             // Kafka's answers go back in request order, as its protocol requires.
@@ -102,7 +99,7 @@ async fn connection(stream: TcpStream, peer: SocketAddr, services: Arc<Services>
                 Some(response) => {
                     debug!(%peer, error = %e.kind, "answering an undecodable request with an error");
                     let (answer, answered) = oneshot::channel();
-                    let _ = answer.send(Some(response));
+                    let _ = answer.send(Answer::Frame(response));
                     if queue.send(answered).await.is_err() {
                         break;
                     }
@@ -130,32 +127,38 @@ async fn write_frame(out: &mut BufWriter<tokio::net::tcp::OwnedWriteHalf>, frame
 /// else is ready so that pipelined answers share a syscall.
 async fn write_answers(
     write: tokio::net::tcp::OwnedWriteHalf,
-    mut ordered: mpsc::Receiver<oneshot::Receiver<Option<Bytes>>>,
-    mut immediate: mpsc::UnboundedReceiver<Bytes>,
+    mut ordered: mpsc::Receiver<oneshot::Receiver<Answer>>,
+    mut immediate: mpsc::UnboundedReceiver<Answer>,
 ) {
     let mut out = BufWriter::new(write);
-    let mut head: Option<oneshot::Receiver<Option<Bytes>>> = None;
+    let mut head: Option<oneshot::Receiver<Answer>> = None;
     let (mut ordered_open, mut immediate_open) = (true, true);
     while ordered_open || immediate_open || head.is_some() {
         tokio::select! {
             answered = async { head.as_mut().expect("guarded").await }, if head.is_some() => {
                 head = None;
-                if let Ok(Some(frame)) = answered {
-                    if !write_frame(&mut out, &frame).await {
-                        return;
+                match answered {
+                    Ok(Answer::Frame(frame)) => {
+                        if !write_frame(&mut out, &frame).await {
+                            return;
+                        }
                     }
+                    Ok(Answer::Close) => return,
+                    Ok(Answer::Nothing) | Err(_) => {}
                 }
             }
             next = ordered.recv(), if head.is_none() && ordered_open => match next {
                 Some(answered) => head = Some(answered),
                 None => ordered_open = false,
             },
-            frame = immediate.recv(), if immediate_open => match frame {
-                Some(frame) => {
+            answer = immediate.recv(), if immediate_open => match answer {
+                Some(Answer::Frame(frame)) => {
                     if !write_frame(&mut out, &frame).await {
                         return;
                     }
                 }
+                Some(Answer::Close) => return,
+                Some(Answer::Nothing) => {}
                 None => immediate_open = false,
             },
         }

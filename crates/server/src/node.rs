@@ -147,6 +147,10 @@ struct Replica {
 /// One running node.
 pub struct Node {
     config: NodeConfig,
+    /// What registration reports about this node's past (clean stop, lost data).
+    local_state: crate::local_state::LocalState,
+    /// Registered at least once in this process: a clean stop may then claim "clean".
+    registered_once: std::sync::atomic::AtomicBool,
     peers: Arc<dyn Peers>,
     process_id: u128,
     started: Instant,
@@ -163,12 +167,17 @@ pub struct Node {
 
 impl Node {
     /// Starts the node's loops on the current tokio runtime.
-    pub fn start(config: NodeConfig, peers: Arc<dyn Peers>) -> Arc<Node> {
+    /// Starts the node's loops on the current tokio runtime, after recovering its local logs
+    /// (registration must say whether they lost data).
+    pub fn start(config: NodeConfig, peers: Arc<dyn Peers>) -> std::io::Result<Arc<Node>> {
+        let local_state = crate::local_state::LocalState::load(&config.data_dir)?;
         let (outbound, outbound_rx) = mpsc::unbounded_channel();
         let (stopping, _) = watch::channel(false);
         let process_id = process_id();
         let node = Arc::new(Node {
             config,
+            local_state,
+            registered_once: std::sync::atomic::AtomicBool::new(false),
             peers,
             process_id,
             started: Instant::now(),
@@ -189,7 +198,7 @@ impl Node {
         tokio::spawn(Arc::clone(&node).session_loop());
         tokio::spawn(Arc::clone(&node).metadata_loop());
         tokio::spawn(Arc::clone(&node).dispatch_loop(outbound_rx));
-        node
+        Ok(node)
     }
 
     pub fn node_id(&self) -> NodeId {
@@ -458,7 +467,8 @@ impl Node {
                 port,
             }],
             rack: None,
-            previous_shutdown_clean: false,
+            previous_shutdown_clean: self.local_state.previous_shutdown_clean,
+            lost_data: self.local_state.lost_data,
         };
         match self
             .call_controller(ControllerRequest::Register(request))
@@ -468,6 +478,15 @@ impl Node {
                 let mut session = self.session.lock();
                 session.incarnation = Some(reply.incarnation);
                 session.heartbeat_interval_ms = reply.heartbeat_interval_ms;
+                if !self
+                    .registered_once
+                    .swap(true, std::sync::atomic::Ordering::SeqCst)
+                {
+                    crate::local_state::LocalState::registered(
+                        &self.config.data_dir,
+                        &self.local_state,
+                    );
+                }
                 info!(
                     node = self.config.node_id,
                     incarnation = reply.incarnation,
@@ -857,6 +876,15 @@ impl Node {
         let replicas = std::mem::take(&mut *self.replicas.write());
         for (_, replica) in replicas {
             replica.handle.stop();
+        }
+        if controlled {
+            // Every replica is flushed and stopped: the next process may claim a clean stop.
+            crate::local_state::LocalState::stopped_cleanly(
+                &self.config.data_dir,
+                &self.local_state,
+                self.registered_once
+                    .load(std::sync::atomic::Ordering::SeqCst),
+            );
         }
     }
 

@@ -94,7 +94,8 @@ pub async fn run(config: ServerConfig, mut stop: watch::Receiver<bool>) -> Resul
     let node = Node::start(
         node_config,
         Arc::new(TcpPeers::new(Arc::clone(&client), config.node_id)),
-    );
+    )
+    .map_err(data_dir_error(&config.data_dir))?;
     let services = Arc::new(Services {
         node: Arc::clone(&node),
         voter: voter.clone(),

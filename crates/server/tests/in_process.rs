@@ -133,7 +133,7 @@ impl Cluster {
             .write()
             .insert(address(id), Arc::clone(&voter));
         let config = NodeConfig::new(id, address(id), data_dir, self.voters.clone());
-        let node = Node::start(config, self.router.clone());
+        let node = Node::start(config, self.router.clone()).expect("node starts");
         self.router
             .nodes
             .write()

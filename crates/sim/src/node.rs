@@ -63,6 +63,8 @@ pub struct Node {
     /// ties the claim to the previous broker epoch for the same reason). The server needs the
     /// same bookkeeping, persisted beside the logs.
     unclean_since_registration: bool,
+    /// Lost flushed data (wiped disk, corrupt tail cut) since its last registration.
+    lost_data_since_registration: bool,
 }
 
 /// One process life of a node.
@@ -111,6 +113,7 @@ impl Node {
             slow_ms: 0,
             disk_free_at: 0,
             unclean_since_registration: false,
+            lost_data_since_registration: false,
         }
     }
 
@@ -308,7 +311,10 @@ impl World {
                     });
                 }
             }
-            CrashKind::Wipe => node.disks.clear(),
+            CrashKind::Wipe => {
+                node.disks.clear();
+                node.lost_data_since_registration = true;
+            }
         }
         self.trace(|| format!("n{id} {kind:?}"));
         // Its connections close: followers' fetches to it fail at once, and the controller
@@ -390,7 +396,15 @@ impl World {
         let active = active.clone();
         let dir = dir.clone();
         self.trace(|| format!("n{id} p{part}: corrupt {active} byte {pos}"));
-        dir.corrupt(&active, pos, bit)
+        let corrupted = dir.corrupt(&active, pos, bit);
+        if corrupted {
+            // Recovery will cut the batch at the next restart: the node's next registration
+            // must say it lost data.
+            if let Some(node) = self.nodes.get_mut(&id) {
+                node.lost_data_since_registration = true;
+            }
+        }
+        corrupted
     }
 
     pub fn node_tick(&mut self, id: NodeId, generation: u64) {
@@ -447,6 +461,7 @@ impl World {
             return;
         };
         let clean = !node.unclean_since_registration;
+        let lost_data = node.lost_data_since_registration;
         let Some(p) = node.process.as_mut() else {
             return;
         };
@@ -460,6 +475,7 @@ impl World {
                         addresses: Vec::new(),
                         rack: None,
                         previous_shutdown_clean: clean,
+                        lost_data,
                     };
                     self.send(
                         Endpoint::Node(id),
@@ -604,6 +620,7 @@ impl World {
                 if let (Ok(reply), Some(p)) = (result, node.process.as_mut()) {
                     if p.incarnation.is_none() {
                         node.unclean_since_registration = false;
+                        node.lost_data_since_registration = false;
                         p.incarnation = Some(reply.incarnation);
                         self.trace(|| {
                             format!("n{id} registered as incarnation {}", reply.incarnation)

@@ -475,14 +475,10 @@ impl World {
     /// incarnation, and in every ISR: then every committed record is on every other replica.
     /// acks=all promises nothing beyond that. See docs/simulation.md.
     fn lossy_fault_allowed(&self) -> bool {
-        // Known gap (docs/simulation.md): with topic flush `Always` the controller keeps an
-        // uncleanly restarted node in the ELR, trusting that it lost nothing; a cut corrupt
-        // tail or a new disk breaks that trust and the node can be elected (seed 432 lost
-        // committed data so). Registration cannot say "my log lost data" yet, so such faults
-        // run only with flush `Never`, where an unclean restart leaves every ELR.
-        if self.cfg.durability == DurabilityMode::FlushAlways {
-            return false;
-        }
+        // With topic flush `Always` the controller keeps an uncleanly restarted node in the
+        // ELR, trusting that it lost nothing; a wiped disk or a cut corrupt tail breaks that
+        // trust, so registration says so (`lost_data`) and the node leaves every ELR. Seed 432
+        // lost committed data before that flag existed.
         let meta = &self.controller.metadata;
         let all_registered = self.nodes.values().all(|n| {
             n.process.as_ref().is_some_and(|p| {

@@ -202,6 +202,9 @@ pub struct SegmentedLog<D: Directory> {
     last_flush_ms: AtomicI64,
     /// fsyncs of segment data so far: how well group commit works.
     sync_count: AtomicU64,
+    /// Bytes recovery removed when this log was opened (a torn or corrupt tail, and segments
+    /// after it): a replica that lost data must say so when it registers.
+    recovery_removed_bytes: u64,
 }
 
 /// A log on the local file system.
@@ -329,11 +332,14 @@ impl<D: Directory> SegmentedLog<D> {
         let interval = config.index_interval_bytes;
         let mut segments: BTreeMap<i64, Segment<D::File>> = BTreeMap::new();
         let mut damaged = false;
+        // What recovery removed: bytes cut from damaged segments and whole segments after them.
+        let mut bytes_removed: u64 = 0;
         let mut last_batch_epoch: Option<i32> = None;
         for (i, &base) in bases.iter().enumerate() {
             let log_name = segment::file_name(base, LOG_SUFFIX);
             if damaged {
                 warn!(log = %place, segment = %log_name, "deleting a segment that follows damaged data");
+                bytes_removed += dir.open(&log_name).and_then(|f| f.len()).unwrap_or(0);
                 Self::remove_segment_files(&dir, &place, base)?;
                 continue;
             }
@@ -342,6 +348,7 @@ impl<D: Directory> SegmentedLog<D> {
                     warn!(log = %place, segment = %log_name, expected = prev.next_offset,
                         "segment does not start where the previous one ends; deleting it and every later segment");
                     damaged = true;
+                    bytes_removed += dir.open(&log_name).and_then(|f| f.len()).unwrap_or(0);
                     Self::remove_segment_files(&dir, &place, base)?;
                     continue;
                 }
@@ -439,6 +446,7 @@ impl<D: Directory> SegmentedLog<D> {
                     .set_len(damage.position)
                     .and_then(|_| segment.file.sync_all())
                     .context(&place, || format!("cutting {log_name}"))?;
+                bytes_removed += file_len - damage.position;
                 damaged = true;
             }
             segments.insert(base, segment);
@@ -511,6 +519,7 @@ impl<D: Directory> SegmentedLog<D> {
             flushed_offset: AtomicI64::new(log_end_offset),
             last_flush_ms: AtomicI64::new(now),
             sync_count: AtomicU64::new(0),
+            recovery_removed_bytes: bytes_removed,
         })
     }
 
@@ -570,6 +579,11 @@ impl<D: Directory> SegmentedLog<D> {
 
     pub fn config(&self) -> &LogConfig {
         &self.config
+    }
+
+    /// Bytes that recovery removed when the log was opened; 0 after a clean shutdown.
+    pub fn recovery_removed_bytes(&self) -> u64 {
+        self.recovery_removed_bytes
     }
 
     /// fsyncs of segment data since open.

@@ -81,6 +81,14 @@ fn a_torn_last_batch_is_cut_at_every_byte_position() {
     let (_, last_start, _) = batches.last().unwrap().clone();
     for cut in last_start..original.len() as u64 {
         std::fs::write(&path, &original[..cut as usize]).unwrap();
+        let reopened = h.open(config.clone());
+        assert_eq!(
+            reopened.recovery_removed_bytes(),
+            cut - last_start,
+            "recovery reports what it cut"
+        );
+        drop(reopened);
+        std::fs::write(&path, &original[..cut as usize]).unwrap();
         assert_holds_exactly(&h, &config, &batches[..5], &format!("cut at byte {cut}"));
         assert_eq!(
             std::fs::metadata(&path).unwrap().len(),
@@ -91,6 +99,7 @@ fn a_torn_last_batch_is_cut_at_every_byte_position() {
     // And the whole file is still the whole log.
     std::fs::write(&path, &original).unwrap();
     assert_holds_exactly(&h, &config, &batches, "intact");
+    assert_eq!(h.open(config.clone()).recovery_removed_bytes(), 0);
 }
 
 #[test]

@@ -53,6 +53,10 @@ impl Harness {
     }
 
     fn register_with(&mut self, node_id: NodeId, clean: bool) -> u64 {
+        self.register_full(node_id, clean, false)
+    }
+
+    fn register_full(&mut self, node_id: NodeId, clean: bool, lost_data: bool) -> u64 {
         let process_id = self.next_process;
         self.next_process += 1;
         let request = RegisterRequest {
@@ -65,6 +69,7 @@ impl Harness {
             }],
             rack: None,
             previous_shutdown_clean: clean,
+            lost_data,
         };
         let decision = self
             .ctl
@@ -223,6 +228,7 @@ fn registration_allocates_increasing_incarnations_and_a_retry_is_idempotent() {
         addresses: vec![],
         rack: None,
         previous_shutdown_clean: true,
+        lost_data: false,
     };
     let decision = h.ctl.register(&h.meta, h.now_ms, &request).unwrap();
     assert!(decision.records.is_empty());
@@ -485,6 +491,28 @@ fn an_unclean_restart_leaves_the_elr_unless_the_topic_flushes_always() {
         (p.leader, p.isr.clone(), p.elr.clone()),
         (Some(2), set(&[2]), set(&[1]))
     );
+}
+
+#[test]
+fn a_node_that_lost_flushed_data_leaves_every_elr() {
+    // Simulator seed 432: a flush-always replica whose corrupt tail was cut (or whose disk is
+    // new) must not be trusted as an eligible leader.
+    let mut h = Harness::with_nodes(&[1, 2]);
+    let durable = h.create(
+        "durable",
+        1,
+        2,
+        TopicConfig {
+            flush: FlushPolicy::Always,
+            ..config(2)
+        },
+    );
+    h.stopped(1);
+    h.stopped(2);
+    assert_eq!(h.part(durable, 0).elr, set(&[1, 2]));
+    h.register_full(2, true, true);
+    let p = h.part(durable, 0);
+    assert_eq!((p.leader, p.elr.clone()), (None, set(&[1])));
 }
 
 #[test]
