@@ -1,0 +1,333 @@
+//! The real-process harness: `tandem server` nodes on free loopback ports, one-shot Kafka
+//! requests over TCP, and child processes run with a deadline. (The same pattern as
+//! cluster.rs, shared by the compat tests.)
+
+#![allow(dead_code)] // each test binary uses its own subset
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use kafka_protocol::messages::create_topics_request::{CreatableTopic, CreatableTopicConfig};
+use kafka_protocol::messages::metadata_request::MetadataRequestTopic;
+use kafka_protocol::messages::{
+    ApiKey, CreateTopicsRequest, MetadataRequest, MetadataResponse, RequestHeader, RequestKind,
+    ResponseKind, TopicName,
+};
+use kafka_protocol::protocol::StrBytes;
+
+/// How long any one wait for the cluster may take.
+pub const BOUND: Duration = Duration::from_secs(30);
+
+pub struct Server {
+    pub id: i32,
+    pub address: String,
+    pub child: Option<Child>,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Some(child) = &mut self.child {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+pub struct Cluster {
+    pub servers: Vec<Server>,
+    /// Holds the nodes' data and logs; removed when the cluster is dropped.
+    pub dir: tempfile::TempDir,
+}
+
+impl Cluster {
+    /// Three `tandem server` processes, all controller voters, on free loopback ports.
+    pub fn start() -> Cluster {
+        let dir = tempfile::tempdir().unwrap();
+        let servers = start_servers(dir.path(), 3);
+        Cluster { servers, dir }
+    }
+
+    /// Comma-separated addresses, for a client's bootstrap list.
+    pub fn bootstrap(&self) -> String {
+        self.servers
+            .iter()
+            .map(|s| s.address.clone())
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    pub fn address_of(&self, id: i32) -> String {
+        self.servers
+            .iter()
+            .find(|s| s.id == id)
+            .map(|s| s.address.clone())
+            .unwrap_or_else(|| panic!("no node {id}"))
+    }
+
+    /// Kills a node with SIGKILL.
+    pub fn kill(&mut self, id: i32) {
+        let server = self.servers.iter_mut().find(|s| s.id == id).unwrap();
+        if let Some(mut child) = server.child.take() {
+            child.kill().unwrap();
+            child.wait().unwrap();
+        }
+    }
+
+    /// Runs a client with a deadline; on timeout, fails with its output and the nodes' logs.
+    pub fn run(&self, command: Command, stdin: &[u8], timeout: Duration) -> Output {
+        run_with_timeout(command, stdin, timeout)
+            .unwrap_or_else(|message| panic!("{message}\n{}", self.logs()))
+    }
+
+    /// The tail of every node's log, for a failure message.
+    pub fn logs(&self) -> String {
+        let mut out = String::new();
+        for s in &self.servers {
+            let path = self.dir.path().join(format!("node-{}.log", s.id));
+            let text = std::fs::read_to_string(&path).unwrap_or_default();
+            let lines: Vec<&str> = text.lines().collect();
+            let tail = &lines[lines.len().saturating_sub(30)..];
+            out.push_str(&format!("--- node {} ({}) ---\n", s.id, path.display()));
+            for line in tail {
+                out.push_str(line);
+                out.push('\n');
+            }
+        }
+        out
+    }
+
+    /// Creates a topic through Kafka's CreateTopics (retried until the controller is up) and
+    /// waits until every partition has a leader and a full ISR as every node sees it.
+    pub fn create_topic(&self, topic: &str, partitions: i32, min_insync: &str) {
+        let first = self.servers[0].address.clone();
+        let create = CreateTopicsRequest::default()
+            .with_timeout_ms(5_000)
+            .with_topics(vec![CreatableTopic::default()
+                .with_name(name(topic))
+                .with_num_partitions(partitions)
+                .with_replication_factor(self.servers.len() as i16)
+                .with_configs(vec![CreatableTopicConfig::default()
+                    .with_name(StrBytes::from_static_str("min.insync.replicas"))
+                    .with_value(Some(StrBytes::from_string(
+                        min_insync.to_string(),
+                    )))])]);
+        wait_for("the topic to be created", || {
+            match kafka(
+                &first,
+                ApiKey::CreateTopics,
+                5,
+                RequestKind::CreateTopics(create.clone()),
+            ) {
+                Some(ResponseKind::CreateTopics(r)) if matches!(r.topics[0].error_code, 0 | 36) => {
+                    Some(())
+                }
+                _ => None,
+            }
+        });
+        self.wait_until_ready(topic, partitions as usize);
+    }
+
+    /// Waits until every node reports every partition of `topic` led, with a full ISR.
+    pub fn wait_until_ready(&self, topic: &str, partitions: usize) {
+        let full = self.servers.len();
+        for server in &self.servers {
+            wait_for("every partition led with a full ISR", || {
+                let m = metadata(&server.address, Some(topic))?;
+                let t = m.topics.first()?;
+                (t.error_code == 0
+                    && t.partitions.len() == partitions
+                    && t.partitions
+                        .iter()
+                        .all(|p| p.leader_id.0 >= 0 && p.isr_nodes.len() == full))
+                .then_some(())
+            });
+        }
+    }
+
+    /// Leader of each partition of `topic`, by partition index.
+    pub fn leaders(&self, topic: &str) -> Vec<i32> {
+        let m = metadata(&self.servers[0].address, Some(topic)).expect("metadata");
+        let mut partitions: Vec<(i32, i32)> = m.topics[0]
+            .partitions
+            .iter()
+            .map(|p| (p.partition_index, p.leader_id.0))
+            .collect();
+        partitions.sort();
+        partitions.into_iter().map(|(_, l)| l).collect()
+    }
+}
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+pub fn start_servers(dir: &Path, count: usize) -> Vec<Server> {
+    let ports: Vec<u16> = (0..count).map(|_| free_port()).collect();
+    let voters: Vec<String> = ports
+        .iter()
+        .enumerate()
+        .map(|(i, p)| format!("{}=127.0.0.1:{p}", i + 1))
+        .collect();
+    let voters = voters.join(",");
+    ports
+        .iter()
+        .enumerate()
+        .map(|(i, port)| {
+            let id = i as i32 + 1;
+            let address = format!("127.0.0.1:{port}");
+            let log = std::fs::File::create(dir.join(format!("node-{id}.log"))).unwrap();
+            let child = Command::new(env!("CARGO_BIN_EXE_tandem"))
+                .args([
+                    "server",
+                    "--id",
+                    &id.to_string(),
+                    "--listen",
+                    &address,
+                    "--voters",
+                    &voters,
+                ])
+                .arg("--data-dir")
+                .arg(dir.join(format!("node-{id}")))
+                .env("TANDEM_LOG", "info,openraft=warn")
+                .stdout(Stdio::null())
+                .stderr(log)
+                .spawn()
+                .expect("start tandem server");
+            Server {
+                id,
+                address,
+                child: Some(child),
+            }
+        })
+        .collect()
+}
+
+pub fn name(s: &str) -> TopicName {
+    TopicName(StrBytes::from_string(s.to_string()))
+}
+
+/// One Kafka request over a fresh connection; `None` if the node cannot be reached.
+pub fn kafka(
+    address: &str,
+    api_key: ApiKey,
+    version: i16,
+    body: RequestKind,
+) -> Option<ResponseKind> {
+    let mut stream = TcpStream::connect(address).ok()?;
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .ok()?;
+    let header = RequestHeader::default()
+        .with_request_api_key(api_key as i16)
+        .with_request_api_version(version)
+        .with_correlation_id(7)
+        .with_client_id(Some(StrBytes::from_static_str("compat-test")));
+    let frame = tandem_protocol::encode_request(&header, &body).ok()?;
+    stream.write_all(&(frame.len() as u32).to_be_bytes()).ok()?;
+    stream.write_all(&frame).ok()?;
+    let mut length = [0u8; 4];
+    stream.read_exact(&mut length).ok()?;
+    let mut response = vec![0u8; u32::from_be_bytes(length) as usize];
+    stream.read_exact(&mut response).ok()?;
+    let (correlation_id, response) =
+        tandem_protocol::decode_response(api_key, version, Bytes::from(response)).ok()?;
+    assert_eq!(correlation_id, 7);
+    Some(response)
+}
+
+/// Metadata v9 for one topic (or all with `None`).
+pub fn metadata(address: &str, topic: Option<&str>) -> Option<MetadataResponse> {
+    let request = MetadataRequest::default()
+        .with_topics(topic.map(|t| vec![MetadataRequestTopic::default().with_name(Some(name(t)))]));
+    match kafka(address, ApiKey::Metadata, 9, RequestKind::Metadata(request))? {
+        ResponseKind::Metadata(m) => Some(m),
+        _ => None,
+    }
+}
+
+pub fn wait_for<T>(what: &str, mut attempt: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + BOUND;
+    loop {
+        if let Some(value) = attempt() {
+            return value;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Runs a child process to completion with `stdin` fed in, killing it after `timeout` (an
+/// `Err` with what it printed). Returns its output whatever its exit status.
+pub fn run_with_timeout(
+    mut command: Command,
+    stdin: &[u8],
+    timeout: Duration,
+) -> Result<Output, String> {
+    let what = format!("{command:?}");
+    let mut child = command
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start {what}: {e}"));
+    let mut input = child.stdin.take().unwrap();
+    let stdin = stdin.to_vec();
+    let writer = std::thread::spawn(move || {
+        let _ = input.write_all(&stdin);
+    });
+    let mut stdout = child.stdout.take().unwrap();
+    let mut stderr = child.stderr.take().unwrap();
+    let out = std::thread::spawn(move || {
+        let mut buf = Vec::new();
+        let _ = stdout.read_to_end(&mut buf);
+        buf
+    });
+    let err = std::thread::spawn(move || {
+        let mut buf = Vec::new();
+        let _ = stderr.read_to_end(&mut buf);
+        buf
+    });
+    let deadline = Instant::now() + timeout;
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break Some(status);
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let _ = writer.join();
+    let stdout = out.join().unwrap();
+    let stderr = err.join().unwrap();
+    let Some(status) = status else {
+        return Err(format!(
+            "{what} did not finish within {timeout:?}\n--- stdout ---\n{}\n--- stderr ---\n{}",
+            String::from_utf8_lossy(&stdout),
+            String::from_utf8_lossy(&stderr)
+        ));
+    };
+    Ok(Output {
+        status,
+        stdout,
+        stderr,
+    })
+}
+
+/// The target dir this test was built in (`CARGO_TARGET_TMPDIR` is `<target>/tmp`).
+pub fn target_dir() -> PathBuf {
+    Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
+}
