@@ -15,7 +15,7 @@ mutations=(
   "mutation-early-isr-removal         20"   # seed 0
   "mutation-skip-epoch-fencing        50"   # seed 6
   "mutation-ack-before-hw             20"   # seed 0
-  "mutation-rejoin-without-epoch-start 500" # seed 120
+  "mutation-rejoin-without-epoch-start 2000" # seed 889 (rare: one seed in 4000 catches it)
 )
 
 failed=0
