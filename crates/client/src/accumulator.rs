@@ -201,6 +201,72 @@ impl Accumulator {
         self.drain(all)
     }
 
+    /// At most one batch per partition, only for partitions `sendable` allows, oldest first:
+    /// a closed batch before the open one. With `now_ms`, open batches only once they have
+    /// lingered (or are nearly full); without it, every open batch (a flush). A partition
+    /// that is not sendable keeps its batches, unsealed, in order: that is how the producer
+    /// keeps one batch in flight per partition and assigns sequence numbers only when a batch
+    /// really leaves.
+    pub fn drain_sendable(
+        &mut self,
+        now_ms: Option<i64>,
+        mut sendable: impl FnMut(&TopicPartition) -> bool,
+    ) -> Vec<ReadyBatch> {
+        let mut taken: std::collections::BTreeSet<TopicPartition> = Default::default();
+        let mut out = Vec::new();
+        let mut kept = Vec::new();
+        for (tp, batch) in std::mem::take(&mut self.closed) {
+            if !taken.contains(&tp) && sendable(&tp) {
+                taken.insert(tp.clone());
+                out.push((tp, batch));
+            } else {
+                taken.insert(tp.clone()); // its open batch must wait behind this one
+                kept.push((tp, batch));
+            }
+        }
+        self.closed = kept;
+        let linger_ms = self.config.linger_ms;
+        let max_batch_bytes = self.config.max_batch_bytes;
+        let due: Vec<TopicPartition> = self
+            .open
+            .iter()
+            .filter(|(tp, b)| {
+                !taken.contains(*tp)
+                    && now_ms.is_none_or(|now| {
+                        now - b.opened_ms >= linger_ms
+                            || b.builder.size_estimate() + SMALL_RECORD_BYTES >= max_batch_bytes
+                    })
+            })
+            .map(|(tp, _)| tp.clone())
+            .collect();
+        for tp in due {
+            if sendable(&tp) {
+                if let Some(batch) = self.open.remove(&tp) {
+                    out.push((tp, batch));
+                }
+            }
+        }
+        out.into_iter()
+            .map(|(destination, batch)| self.seal(destination, batch))
+            .collect()
+    }
+
+    /// A new producer identity (or none): sequences start again at 0 everywhere. Batches
+    /// already drained keep the identity they were sealed with.
+    pub fn set_producer(&mut self, producer: Option<ProducerIdentity>) {
+        self.producer = producer;
+        self.next_sequence.clear();
+    }
+
+    pub fn producer(&self) -> Option<ProducerIdentity> {
+        self.producer
+    }
+
+    /// Whether any batch of `tp` is waiting (open or closed).
+    pub fn has_pending(&self, tp: &TopicPartition) -> bool {
+        self.open.contains_key(tp) || self.closed.iter().any(|(t, _)| t == tp)
+    }
+
     fn drain(&mut self, open_to_close: Vec<TopicPartition>) -> Vec<ReadyBatch> {
         let mut batches = std::mem::take(&mut self.closed);
         for tp in open_to_close {
@@ -365,6 +431,55 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn drain_sendable_takes_one_batch_per_partition_in_order_and_seals_late() {
+        let producer = ProducerIdentity {
+            producer_id: 9,
+            producer_epoch: 0,
+        };
+        let config = AccumulatorConfig {
+            max_batch_bytes: 400,
+            linger_ms: 10,
+            ..Default::default()
+        };
+        let mut acc = Accumulator::new(config, Some(producer));
+        // Partition 0: several full batches; partition 1: one lingering batch.
+        for _ in 0..12 {
+            acc.append(tp(0), &record(100), 0).unwrap();
+        }
+        acc.append(tp(1), &record(10), 0).unwrap();
+        // Partition 0 busy: nothing of it leaves, and partition 1 has not lingered yet.
+        assert!(acc.drain_sendable(Some(5), |t| t.partition != 0).is_empty());
+        let first = acc.drain_sendable(Some(5), |_| true);
+        assert_eq!(first.len(), 1, "one batch of partition 0, none of 1 yet");
+        assert_eq!(first[0].destination, tp(0));
+        assert_eq!(first[0].base_sequence, 0);
+        let mut next_sequence = first[0].record_count;
+        let mut total = first[0].record_count;
+        // A new identity before the next batch: sequences restart at 0 under it.
+        acc.set_producer(Some(ProducerIdentity {
+            producer_id: 10,
+            producer_epoch: 0,
+        }));
+        next_sequence -= next_sequence;
+        loop {
+            let batches = acc.drain_sendable(None, |t| t.partition == 0);
+            if batches.is_empty() {
+                break;
+            }
+            assert_eq!(batches.len(), 1);
+            let h = batch::validate(&batches[0].bytes).unwrap();
+            assert_eq!((h.producer_id, h.base_sequence), (10, next_sequence));
+            next_sequence += batches[0].record_count;
+            total += batches[0].record_count;
+        }
+        assert_eq!(total, 12, "every record of partition 0, in order, once");
+        assert!(!acc.has_pending(&tp(0)));
+        assert!(acc.has_pending(&tp(1)));
+        let late = acc.drain_sendable(Some(10), |_| true);
+        assert_eq!((late.len(), late[0].destination.clone()), (1, tp(1)));
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! The `tandem` binary: one executable for the server, the local cluster and every tool.
 //! Today it carries the log tools; the server issue adds `server` and `dev`.
 
+mod client_cmd;
 mod log_cmd;
 mod server_cmd;
 
@@ -28,6 +29,14 @@ enum Command {
     /// Work with a partition's log directory directly (append, dump, check).
     #[command(subcommand)]
     Log(log_cmd::LogCommand),
+    /// Create, delete and list topics.
+    Topic(client_cmd::TopicArgs),
+    /// Send stdin lines as records (optionally "key<sep>value").
+    Produce(client_cmd::ProduceArgs),
+    /// Print a topic's records, from an offset, until a count or a silence.
+    Consume(client_cmd::ConsumeArgs),
+    /// The cluster's state as JSON, and a one-line summary.
+    Status(client_cmd::StatusArgs),
 }
 
 fn main() -> ExitCode {
@@ -43,6 +52,10 @@ fn main() -> ExitCode {
         Command::Server(args) => server_cmd::server(args),
         Command::Dev(args) => server_cmd::dev(args),
         Command::Log(command) => log_cmd::run(command),
+        Command::Topic(args) => client_cmd::topic(args),
+        Command::Produce(args) => client_cmd::produce(args),
+        Command::Consume(args) => client_cmd::consume(args),
+        Command::Status(args) => client_cmd::status(args),
     };
     match result {
         Ok(code) => code,
