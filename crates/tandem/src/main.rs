@@ -37,21 +37,34 @@ enum Command {
     Consume(client_cmd::ConsumeArgs),
     /// The cluster's state as JSON, and a one-line summary.
     Status(client_cmd::StatusArgs),
+    /// Run the deterministic simulation: `--seeds N | --duration SECS`, `--seed S` to replay
+    /// (docs/simulation.md).
+    Sim {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
 }
 
 fn main() -> ExitCode {
+    let cli = Cli::parse();
+    // The simulator runs thousands of clusters: their info logs would drown its summary.
+    let default_level = if matches!(cli.command, Command::Sim { .. }) {
+        "error"
+    } else {
+        "info"
+    };
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("TANDEM_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level)),
         )
         .with_writer(std::io::stderr)
         .init();
-    let cli = Cli::parse();
     let result = match cli.command {
         Command::Server(args) => server_cmd::server(args),
         Command::Dev(args) => server_cmd::dev(args),
         Command::Log(command) => log_cmd::run(command),
+        Command::Sim { args } => Ok(ExitCode::from(tandem_sim::run(args).clamp(0, 255) as u8)),
         Command::Topic(args) => client_cmd::topic(args),
         Command::Produce(args) => client_cmd::produce(args),
         Command::Consume(args) => client_cmd::consume(args),
