@@ -286,6 +286,11 @@ async fn produce(node: &Arc<Node>, request: ProduceRequest) -> Option<ProduceRes
                             tandem_replication::ProduceError::NotLeader {
                                 leader,
                                 leader_epoch,
+                            }
+                            | tandem_replication::ProduceError::NotLeaderAfterAppend {
+                                leader,
+                                leader_epoch,
+                                ..
                             } => Some((leader.unwrap_or(-1), *leader_epoch)),
                             _ => None,
                         };
