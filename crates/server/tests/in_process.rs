@@ -141,6 +141,43 @@ impl Cluster {
         self.nodes.insert(id, (node, voter));
     }
 
+    /// Waits for every node to register, creates a one-partition topic with RF 3 and
+    /// min.insync 2, and waits for its leader with a full ISR.
+    async fn replicated_topic(&self, name: &str) -> (TopicPartition, i32) {
+        wait_until("all nodes registered", || {
+            self.nodes
+                .values()
+                .all(|(n, _)| n.incarnation().is_some())
+                .then_some(())
+        })
+        .await;
+        let create = CreateTopicRequest {
+            name: name.into(),
+            partitions: 1,
+            replication_factor: 3,
+            kind: TopicKind::Log,
+            config: TopicConfig {
+                min_insync_replicas: 2,
+                ..TopicConfig::default()
+            },
+        };
+        self.node(1)
+            .create_topic(create)
+            .await
+            .expect("topic created");
+        let leader = wait_until("a leader with a full ISR", || {
+            let (_, metadata) = self.node(1).metadata();
+            let state = metadata.topic_by_name(name)?.partitions.first()?.clone();
+            (state.isr.len() == 3).then_some(state.leader?)
+        })
+        .await;
+        let tp = TopicPartition {
+            topic: name.into(),
+            partition: 0,
+        };
+        (tp, leader)
+    }
+
     fn node(&self, id: i32) -> &Arc<Node> {
         &self.nodes[&id].0
     }
@@ -218,43 +255,7 @@ async fn committed_values(node: &Node, tp: &TopicPartition) -> Vec<String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn acks_all_writes_survive_the_death_of_the_leader() {
     let mut cluster = Cluster::start(3).await;
-    wait_until("all nodes registered", || {
-        cluster
-            .nodes
-            .values()
-            .all(|(n, _)| n.incarnation().is_some())
-            .then_some(())
-    })
-    .await;
-    let config = TopicConfig {
-        min_insync_replicas: 2,
-        ..TopicConfig::default()
-    };
-    cluster
-        .node(1)
-        .create_topic(CreateTopicRequest {
-            name: "orders".into(),
-            partitions: 1,
-            replication_factor: 3,
-            kind: TopicKind::Log,
-            config,
-        })
-        .await
-        .expect("topic created");
-    let tp = TopicPartition {
-        topic: "orders".into(),
-        partition: 0,
-    };
-    let leader = wait_until("a leader with a full ISR", || {
-        let (_, metadata) = cluster.node(1).metadata();
-        let state = metadata
-            .topic_by_name("orders")?
-            .partitions
-            .first()?
-            .clone();
-        (state.isr.len() == 3).then_some(state.leader?)
-    })
-    .await;
+    let (tp, leader) = cluster.replicated_topic("orders").await;
 
     let mut acknowledged = Vec::new();
     for i in 0..20 {
@@ -331,40 +332,7 @@ async fn wait_until_async<T, F: std::future::Future<Output = Option<T>>>(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_controlled_shutdown_moves_leadership_away_before_stopping() {
     let mut cluster = Cluster::start(3).await;
-    wait_until("all nodes registered", || {
-        cluster
-            .nodes
-            .values()
-            .all(|(n, _)| n.incarnation().is_some())
-            .then_some(())
-    })
-    .await;
-    let config = TopicConfig {
-        min_insync_replicas: 2,
-        ..TopicConfig::default()
-    };
-    let create = CreateTopicRequest {
-        name: "moves".into(),
-        partitions: 1,
-        replication_factor: 3,
-        kind: TopicKind::Log,
-        config,
-    };
-    cluster
-        .node(1)
-        .create_topic(create)
-        .await
-        .expect("topic created");
-    let tp = TopicPartition {
-        topic: "moves".into(),
-        partition: 0,
-    };
-    let leader = wait_until("a leader with a full ISR", || {
-        let (_, metadata) = cluster.node(1).metadata();
-        let state = metadata.topic_by_name("moves")?.partitions.first()?.clone();
-        (state.isr.len() == 3).then_some(state.leader?)
-    })
-    .await;
+    let (tp, leader) = cluster.replicated_topic("moves").await;
     let node = Arc::clone(cluster.node(leader));
     wait_until_async(|| {
         let node = Arc::clone(&node);
@@ -408,39 +376,7 @@ async fn a_controlled_shutdown_moves_leadership_away_before_stopping() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_follower_with_a_corrupt_tail_cuts_it_refetches_and_rejoins() {
     let mut cluster = Cluster::start(3).await;
-    wait_until("all nodes registered", || {
-        cluster
-            .nodes
-            .values()
-            .all(|(n, _)| n.incarnation().is_some())
-            .then_some(())
-    })
-    .await;
-    let create = CreateTopicRequest {
-        name: "heals".into(),
-        partitions: 1,
-        replication_factor: 3,
-        kind: TopicKind::Log,
-        config: TopicConfig {
-            min_insync_replicas: 2,
-            ..TopicConfig::default()
-        },
-    };
-    cluster
-        .node(1)
-        .create_topic(create)
-        .await
-        .expect("topic created");
-    let tp = TopicPartition {
-        topic: "heals".into(),
-        partition: 0,
-    };
-    let leader = wait_until("a leader with a full ISR", || {
-        let (_, metadata) = cluster.node(1).metadata();
-        let state = metadata.topic_by_name("heals")?.partitions.first()?.clone();
-        (state.isr.len() == 3).then_some(state.leader?)
-    })
-    .await;
+    let (tp, leader) = cluster.replicated_topic("heals").await;
     let mut written = Vec::new();
     for i in 0..10 {
         let node = Arc::clone(cluster.node(leader));
