@@ -481,40 +481,44 @@ impl Client {
     pub async fn cluster_status(&self) -> Result<ClusterStatus> {
         let mut last = Error::NoBootstrap;
         for address in self.any_node_addresses() {
-            let attempt = async {
-                let connection = self.connection(&address).await?;
-                connection
-                    .call_tandem(
-                        &TandemRequest::ClusterStatus,
-                        self.inner.config.request_timeout,
-                    )
-                    .await
-            };
-            match attempt.await {
-                Ok(TandemResponse::ClusterStatus(text)) => {
-                    let json = serde_json::from_str(&text).map_err(|e| Error::Protocol {
-                        address: address.clone(),
-                        reason: format!("status is not JSON: {e}"),
-                    })?;
-                    return Ok(ClusterStatus {
-                        answered_by: address,
-                        json,
-                    });
-                }
-                Ok(TandemResponse::Error {
-                    error_code,
-                    message,
-                }) => last = Error::server("cluster status", error_code, Some(message)),
-                Ok(_) => {
-                    last = Error::Protocol {
-                        address,
-                        reason: "ClusterStatus answered with another message".into(),
-                    }
-                }
+            match self.cluster_status_at(&address).await {
+                Ok(status) => return Ok(status),
                 Err(e) => last = e,
             }
         }
         Err(last)
+    }
+
+    /// The cluster status JSON as the node at `address` sees it (its own replicas' offsets
+    /// are in each partition's `local`).
+    pub async fn cluster_status_at(&self, address: &str) -> Result<ClusterStatus> {
+        let connection = self.connection(address).await?;
+        let response = connection
+            .call_tandem(
+                &TandemRequest::ClusterStatus,
+                self.inner.config.request_timeout,
+            )
+            .await?;
+        match response {
+            TandemResponse::ClusterStatus(text) => {
+                let json = serde_json::from_str(&text).map_err(|e| Error::Protocol {
+                    address: address.to_string(),
+                    reason: format!("status is not JSON: {e}"),
+                })?;
+                Ok(ClusterStatus {
+                    answered_by: address.to_string(),
+                    json,
+                })
+            }
+            TandemResponse::Error {
+                error_code,
+                message,
+            } => Err(Error::server("cluster status", error_code, Some(message))),
+            _ => Err(Error::Protocol {
+                address: address.to_string(),
+                reason: "ClusterStatus answered with another message".into(),
+            }),
+        }
     }
 
     /// A fresh idempotent producer identity (InitProducerId).

@@ -227,6 +227,11 @@ impl Node {
         self.session.lock().incarnation
     }
 
+    /// The voter this node last found to be the active controller (`None` while unknown).
+    pub fn active_controller(&self) -> Option<u64> {
+        *self.active_controller.lock()
+    }
+
     /// Does this node hold a valid lease from the controller (DESIGN.md rule 8)?
     pub fn has_lease(&self) -> bool {
         self.session.lock().lease.is_valid(self.now_ms())

@@ -3,6 +3,8 @@
 
 use serde_json::json;
 
+use tandem_controller::model::FlushPolicy;
+
 use crate::node::Node;
 
 pub fn cluster_json(node: &Node) -> String {
@@ -55,9 +57,38 @@ pub fn cluster_json(node: &Node) -> String {
             })
         })
         .collect();
+    let topics: Vec<_> = metadata
+        .topics
+        .values()
+        .map(|t| {
+            let c = &t.config;
+            let flush = match c.flush {
+                FlushPolicy::Always => "always".to_string(),
+                FlushPolicy::Never => "never".to_string(),
+                FlushPolicy::IntervalMs(ms) => ms.to_string(),
+            };
+            json!({
+                "name": t.name,
+                "kind": format!("{:?}", t.kind).to_lowercase(),
+                "partitions": t.partitions.len(),
+                "replication_factor": t.partitions.first().map_or(0, |p| p.replicas.len()),
+                // By the names CreateTopics takes.
+                "config": {
+                    "min.insync.replicas": c.min_insync_replicas.to_string(),
+                    "unclean.leader.election.enable": c.unclean_leader_election.to_string(),
+                    "tandem.flush": flush,
+                    "retention.ms": c.retention_ms.unwrap_or(-1).to_string(),
+                    "retention.bytes": c.retention_bytes.map_or(-1, |b| b as i64).to_string(),
+                    "max.message.bytes": c.max_message_bytes.to_string(),
+                },
+            })
+        })
+        .collect();
     json!({
         "node": node.node_id(),
         "metadata_version": version,
+        "active_controller": node.active_controller(),
+        "topics": topics,
         "nodes": nodes,
         "partitions": partitions,
     })

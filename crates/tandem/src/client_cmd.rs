@@ -1,6 +1,8 @@
-//! The client commands: `tandem topic create|delete|list`, `produce`, `consume`, `status`.
+//! The client commands: `tandem topic create|delete|list|describe`, `produce`, `consume`,
+//! `status`.
 //! Each one connects through `--bootstrap` (or `TANDEM_BOOTSTRAP`) with tandem-client.
 
+use std::collections::BTreeMap;
 use std::io::Write;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
@@ -20,7 +22,16 @@ pub struct Connect {
     pub bootstrap: String,
 }
 
+const TOPIC_EXAMPLES: &str = "\
+Examples:
+  tandem topic create events --partitions 3 --replication-factor 3 --min-insync 2
+  tandem topic create audit --config tandem.flush=always --config retention.ms=-1
+  tandem topic list
+  tandem topic describe events
+  tandem topic delete events";
+
 #[derive(Args)]
+#[command(after_help = TOPIC_EXAMPLES)]
 pub struct TopicArgs {
     #[command(subcommand)]
     pub command: TopicCommand,
@@ -29,30 +40,48 @@ pub struct TopicArgs {
 #[derive(Subcommand)]
 pub enum TopicCommand {
     /// Create a topic.
+    #[command(after_help = "\
+Examples:
+  tandem topic create events --partitions 3 --replication-factor 3 --min-insync 2
+  tandem topic create audit --config tandem.flush=always --config retention.ms=-1
+
+Settings (--config name=value): min.insync.replicas, unclean.leader.election.enable,
+retention.ms, retention.bytes (-1: unlimited), max.message.bytes,
+tandem.flush (always | never | <ms>), tandem.kind (log | table).")]
     Create {
         name: String,
-        #[arg(long, default_value_t = 1)]
+        /// How many partitions.
+        #[arg(long, short = 'p', default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
         partitions: u32,
         /// Replicas per partition (default: 3, or the number of nodes if fewer).
-        #[arg(long)]
+        #[arg(long, visible_alias = "rf")]
         replication_factor: Option<u16>,
         /// min.insync.replicas: acks=all needs this many in-sync replicas.
-        #[arg(long)]
+        #[arg(long, visible_alias = "min-insync-replicas")]
         min_insync: Option<u16>,
-        /// More settings as name=value (retention.ms, tandem.flush=always|never|<ms>, ...).
-        #[arg(long = "config", value_parser = parse_config)]
+        /// More settings as name=value, repeatable (retention.ms, tandem.flush=always|never|<ms>, ...).
+        #[arg(long = "config", value_name = "NAME=VALUE", value_parser = parse_config)]
         configs: Vec<(String, String)>,
         #[command(flatten)]
         connect: Connect,
     },
-    /// Delete a topic.
+    /// Delete a topic and its data.
+    #[command(after_help = "Example:\n  tandem topic delete events")]
     Delete {
         name: String,
         #[command(flatten)]
         connect: Connect,
     },
     /// List topics with their partitions' leaders and ISRs.
+    #[command(after_help = "Example:\n  tandem topic list")]
     List {
+        #[command(flatten)]
+        connect: Connect,
+    },
+    /// A topic's settings and every partition's leader, epochs, replicas, ISR, ELR, HW.
+    #[command(after_help = "Example:\n  tandem topic describe events")]
+    Describe {
+        name: String,
         #[command(flatten)]
         connect: Connect,
     },
@@ -60,11 +89,19 @@ pub enum TopicCommand {
 
 fn parse_config(text: &str) -> Result<(String, String), String> {
     text.split_once('=')
+        .filter(|(k, _)| !k.is_empty())
         .map(|(k, v)| (k.to_string(), v.to_string()))
         .ok_or_else(|| format!("{text:?} is not name=value"))
 }
 
+const PRODUCE_EXAMPLES: &str = "\
+Examples:
+  seq 1 100 | tandem produce events
+  printf 'user-1:hello\\nuser-2:bye\\n' | tandem produce events --key-separator :
+  tandem produce events --acks all --durability flushed --print-offsets < lines.txt";
+
 #[derive(Args)]
+#[command(after_help = PRODUCE_EXAMPLES)]
 pub struct ProduceArgs {
     pub topic: String,
     /// Split each line at the first occurrence of this into key and value.
@@ -89,22 +126,39 @@ pub struct ProduceArgs {
     pub connect: Connect,
 }
 
+const CONSUME_EXAMPLES: &str = "\
+Examples:
+  tandem consume events --from-beginning --max 10
+  tandem consume events --partition 0 --offset 42 --print-offsets
+  tandem consume events --from latest --follow        # new records until Ctrl-C
+  tandem consume events --from-follower --key-separator =
+
+Without --follow it stops after --max records or --idle-ms without one. Exit code 1 when
+--max records did not all come.";
+
 #[derive(Args)]
+#[command(after_help = CONSUME_EXAMPLES)]
 pub struct ConsumeArgs {
     pub topic: String,
-    /// earliest, latest or an offset.
-    #[arg(long, default_value = "earliest")]
-    pub from: String,
+    /// Where to start: earliest, latest or an offset [default: earliest].
+    #[arg(long, conflicts_with_all = ["from_beginning", "offset"])]
+    pub from: Option<String>,
+    /// Start at the oldest record (same as --from earliest, the default).
+    #[arg(long, conflicts_with = "offset")]
+    pub from_beginning: bool,
+    /// Start at this offset (on each partition read).
+    #[arg(long)]
+    pub offset: Option<u64>,
     /// Only this partition (default: all).
     #[arg(long)]
     pub partition: Option<u32>,
     /// Stop after this many records.
-    #[arg(long)]
-    pub count: Option<u64>,
+    #[arg(long, visible_alias = "count", value_name = "N")]
+    pub max: Option<u64>,
     /// Stop when nothing arrived for this long.
     #[arg(long, default_value_t = 2_000)]
     pub idle_ms: u64,
-    /// Keep reading until Ctrl-C (ignore --idle-ms).
+    /// Keep reading until Ctrl-C (or --max); ignores --idle-ms.
     #[arg(long)]
     pub follow: bool,
     /// Read from an in-sync follower instead of the leader.
@@ -120,8 +174,21 @@ pub struct ConsumeArgs {
     pub connect: Connect,
 }
 
+const STATUS_EXAMPLES: &str = "\
+Examples:
+  tandem status              # nodes, active controller, partitions, lag; a summary line
+  tandem status --json | jq '.partitions[] | select(.under_min_isr)'
+  tandem status --summary
+
+Exit code: 0 when every partition has a leader and at least min.insync.replicas in its ISR,
+1 when some partition is offline or under min ISR, 2 when the cluster cannot be reached.";
+
 #[derive(Args)]
+#[command(after_help = STATUS_EXAMPLES)]
 pub struct StatusArgs {
+    /// Print the cluster status as JSON on stdout (the summary line goes to stderr).
+    #[arg(long, conflicts_with = "summary")]
+    pub json: bool,
     /// Only the one-line summary.
     #[arg(long)]
     pub summary: bool,
@@ -147,9 +214,12 @@ async fn connect(connect: &Connect) -> anyhow::Result<Client> {
         .collect();
     let mut config = ClientConfig::new(addresses);
     config.client_id = "tandem-cli".into();
-    Client::connect(config)
-        .await
-        .with_context(|| format!("cannot reach the cluster at {}", connect.bootstrap))
+    Client::connect(config).await.with_context(|| {
+        format!(
+            "cannot reach the cluster at {} (is it running? set --bootstrap or TANDEM_BOOTSTRAP)",
+            connect.bootstrap
+        )
+    })
 }
 
 pub fn topic(args: TopicArgs) -> anyhow::Result<ExitCode> {
@@ -172,6 +242,11 @@ pub fn topic(args: TopicArgs) -> anyhow::Result<ExitCode> {
                 topic.configs.extend(configs);
                 client.create_topic(topic).await?;
                 println!("created topic {name} ({partitions} partitions)");
+            }
+            TopicCommand::Describe { name, connect: c } => {
+                let client = connect(&c).await?;
+                let view = gather_status(&client).await?;
+                return describe_topic(&view, &name);
             }
             TopicCommand::Delete { name, connect: c } => {
                 connect(&c).await?.delete_topic(&name).await?;
@@ -260,79 +335,439 @@ pub fn produce(args: ProduceArgs) -> anyhow::Result<ExitCode> {
 }
 
 pub fn consume(args: ConsumeArgs) -> anyhow::Result<ExitCode> {
-    let from: StartOffset = args.from.parse()?;
-    runtime()?.block_on(async move {
-        let client = connect(&args.connect).await?;
-        let config = ConsumerConfig {
-            read_from: if args.from_follower {
-                ReadFrom::Follower
-            } else {
-                ReadFrom::Leader
-            },
-            max_wait: Duration::from_millis(args.idle_ms.clamp(10, 500)),
-            ..ConsumerConfig::default()
+    let from: StartOffset = if args.from_beginning {
+        StartOffset::Earliest
+    } else if let Some(offset) = args.offset {
+        StartOffset::At(offset as i64)
+    } else {
+        match &args.from {
+            Some(from) => from.parse()?,
+            None => StartOffset::Earliest,
+        }
+    };
+    match runtime()?.block_on(consume_records(&args, from)) {
+        // `tandem consume ... | head`: the reader is gone, which is no error.
+        Err(e)
+            if e.downcast_ref::<std::io::Error>()
+                .is_some_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe) =>
+        {
+            Ok(ExitCode::SUCCESS)
+        }
+        other => other,
+    }
+}
+
+async fn consume_records(args: &ConsumeArgs, from: StartOffset) -> anyhow::Result<ExitCode> {
+    let client = connect(&args.connect).await?;
+    let config = ConsumerConfig {
+        read_from: if args.from_follower {
+            ReadFrom::Follower
+        } else {
+            ReadFrom::Leader
+        },
+        max_wait: Duration::from_millis(args.idle_ms.clamp(10, 500)),
+        ..ConsumerConfig::default()
+    };
+    let mut consumer = Consumer::new(client, config);
+    let partitions = args.partition.map(|p| vec![p]);
+    consumer
+        .assign(&args.topic, partitions.as_deref(), from)
+        .await?;
+    let mut seen = 0u64;
+    let mut last_record = Instant::now();
+    let idle = Duration::from_millis(args.idle_ms);
+    let mut out = std::io::stdout().lock();
+    let interrupted = tokio::signal::ctrl_c();
+    tokio::pin!(interrupted);
+    'read: loop {
+        if args.max.is_some_and(|c| seen >= c) {
+            break;
+        }
+        let records = tokio::select! {
+            records = consumer.poll() => records?,
+            _ = &mut interrupted => break 'read,
         };
-        let mut consumer = Consumer::new(client, config);
-        let partitions = args.partition.map(|p| vec![p]);
-        consumer
-            .assign(&args.topic, partitions.as_deref(), from)
-            .await?;
-        let mut seen = 0u64;
-        let mut last_record = Instant::now();
-        let idle = Duration::from_millis(args.idle_ms);
-        let mut out = std::io::stdout().lock();
-        'read: loop {
-            if args.count.is_some_and(|c| seen >= c) {
+        if records.is_empty() {
+            if !args.follow && last_record.elapsed() >= idle {
                 break;
             }
-            let records = consumer.poll().await?;
-            if records.is_empty() {
-                if !args.follow && last_record.elapsed() >= idle {
-                    break;
-                }
-                continue;
+            continue;
+        }
+        last_record = Instant::now();
+        for r in records {
+            if args.print_offsets {
+                write!(out, "{}\t{}\t", r.partition, r.offset)?;
             }
-            last_record = Instant::now();
-            for r in records {
-                if args.print_offsets {
-                    write!(out, "{}\t{}\t", r.partition, r.offset)?;
-                }
-                if let Some(sep) = &args.key_separator {
-                    out.write_all(r.key.as_deref().unwrap_or_default())?;
-                    out.write_all(sep.as_bytes())?;
-                }
-                out.write_all(r.value.as_deref().unwrap_or_default())?;
-                out.write_all(b"\n")?;
-                seen += 1;
-                if args.count.is_some_and(|c| seen >= c) {
-                    break 'read;
-                }
+            if let Some(sep) = &args.key_separator {
+                out.write_all(r.key.as_deref().unwrap_or_default())?;
+                out.write_all(sep.as_bytes())?;
             }
-            out.flush()?;
+            out.write_all(r.value.as_deref().unwrap_or_default())?;
+            out.write_all(b"\n")?;
+            seen += 1;
+            if args.max.is_some_and(|c| seen >= c) {
+                break 'read;
+            }
         }
         out.flush()?;
-        drop(out);
-        if let Some(c) = args.count {
-            if seen < c {
-                eprintln!(
-                    "read {seen} of {c} records before {} ms of silence",
-                    args.idle_ms
-                );
-                return Ok(ExitCode::from(1));
-            }
+    }
+    out.flush()?;
+    drop(out);
+    if let Some(c) = args.max {
+        if seen < c {
+            eprintln!(
+                "read {seen} of {c} records before {}",
+                if args.follow {
+                    "Ctrl-C".to_string()
+                } else {
+                    format!("{} ms of silence (--idle-ms)", args.idle_ms)
+                }
+            );
+            return Ok(ExitCode::from(1));
         }
-        Ok(ExitCode::SUCCESS)
-    })
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 pub fn status(args: StatusArgs) -> anyhow::Result<ExitCode> {
     runtime()?.block_on(async move {
         let client = connect(&args.connect).await?;
-        let status = client.cluster_status().await?;
-        if !args.summary {
-            println!("{}", serde_json::to_string_pretty(&status.json)?);
+        let view = gather_status(&client).await?;
+        let summary = tandem_client::summarize(&view.json);
+        let line = format!("{summary} (as seen by {})", view.answered_by);
+        if args.json {
+            println!("{}", serde_json::to_string_pretty(&view.json)?);
+            eprintln!("{line}");
+        } else {
+            if !args.summary {
+                print!("{}", status_table(&view));
+            }
+            println!("{line}");
         }
-        println!("{} (as seen by {})", status.summary(), status.answered_by);
-        Ok(ExitCode::SUCCESS)
+        Ok(if summary.offline > 0 || summary.under_min_isr > 0 {
+            ExitCode::from(1)
+        } else {
+            ExitCode::SUCCESS
+        })
     })
+}
+
+/// The cluster status merged from every node's own view: the base is the view with the newest
+/// metadata; each partition gains `high_watermark` (its leader's) and `replica_offsets` (each
+/// replica's HW, LEO and lag behind the leader's LEO, as that replica reported them).
+struct StatusView {
+    answered_by: String,
+    json: serde_json::Value,
+}
+
+async fn gather_status(client: &Client) -> anyhow::Result<StatusView> {
+    use serde_json::{json, Value};
+    let first = client
+        .cluster_status()
+        .await
+        .context("asking the cluster for its status")?;
+    let mut views: BTreeMap<i64, (String, Value)> = BTreeMap::new();
+    let mut tasks = tokio::task::JoinSet::new();
+    for node in first.json["nodes"].as_array().into_iter().flatten() {
+        let (Some(id), Some(address)) = (node["id"].as_i64(), node["address"].as_str()) else {
+            continue;
+        };
+        let client = client.clone();
+        let address = address.to_string();
+        tasks.spawn(async move {
+            let answer =
+                tokio::time::timeout(Duration::from_secs(3), client.cluster_status_at(&address))
+                    .await;
+            (id, address, answer)
+        });
+    }
+    while let Some(joined) = tasks.join_next().await {
+        if let Ok((id, address, Ok(Ok(status)))) = joined {
+            // Trust a view only for the node it says it is.
+            if status.json["node"].as_i64() == Some(id) {
+                views.insert(id, (address, status.json));
+            }
+        }
+    }
+    if let Some(id) = first.json["node"].as_i64() {
+        views
+            .entry(id)
+            .or_insert_with(|| (first.answered_by.clone(), first.json.clone()));
+    }
+    let (answered_by, mut base) = views
+        .values()
+        .max_by_key(|(_, v)| v["metadata_version"].as_u64().unwrap_or(0))
+        .cloned()
+        .unwrap_or((first.answered_by.clone(), first.json.clone()));
+    // What node `id` reports about its own replica of topic-partition.
+    let local = |id: i64, topic: &str, partition: i64| -> Option<(i64, i64)> {
+        let (_, view) = views.get(&id)?;
+        let p = view["partitions"].as_array()?.iter().find(|p| {
+            p["topic"].as_str() == Some(topic) && p["partition"].as_i64() == Some(partition)
+        })?;
+        let l = &p["local"];
+        Some((l["high_watermark"].as_i64()?, l["log_end_offset"].as_i64()?))
+    };
+    if let Some(partitions) = base["partitions"].as_array_mut() {
+        for p in partitions {
+            let topic = p["topic"].as_str().unwrap_or_default().to_string();
+            let index = p["partition"].as_i64().unwrap_or(-1);
+            let leader_offsets = p["leader"].as_i64().and_then(|l| local(l, &topic, index));
+            let replicas: Vec<i64> = p["replicas"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(Value::as_i64)
+                .collect();
+            let offsets: Vec<Value> = replicas
+                .iter()
+                .map(|&r| match local(r, &topic, index) {
+                    Some((hw, leo)) => json!({
+                        "id": r,
+                        "high_watermark": hw,
+                        "log_end_offset": leo,
+                        "lag": leader_offsets.map(|(_, leader_leo)| (leader_leo - leo).max(0)),
+                    }),
+                    None => json!({ "id": r, "reported": false }),
+                })
+                .collect();
+            p["high_watermark"] = json!(leader_offsets.map(|(hw, _)| hw));
+            p["replica_offsets"] = json!(offsets);
+        }
+    }
+    base["answered_by"] = json!(answered_by);
+    base["views_from"] = json!(views.keys().collect::<Vec<_>>());
+    Ok(StatusView {
+        answered_by,
+        json: base,
+    })
+}
+
+fn ids(value: &serde_json::Value) -> String {
+    let list: Vec<String> = value
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|v| v.to_string())
+        .collect();
+    if list.is_empty() {
+        "-".into()
+    } else {
+        list.join(",")
+    }
+}
+
+fn or_dash(value: &serde_json::Value) -> String {
+    match value {
+        serde_json::Value::Null => "-".into(),
+        serde_json::Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
+/// Left-aligned columns, two spaces apart, indented by two.
+fn table(headers: &[&str], rows: &[Vec<String>]) -> String {
+    let mut widths: Vec<usize> = headers.iter().map(|h| h.len()).collect();
+    for row in rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let mut out = String::new();
+    let mut line = |cells: Vec<&str>| {
+        let mut text = String::from("  ");
+        for (i, (cell, w)) in cells.iter().zip(&widths).enumerate() {
+            text.push_str(cell);
+            if i + 1 < cells.len() {
+                text.push_str(&" ".repeat(w - cell.chars().count() + 2));
+            }
+        }
+        out.push_str(text.trim_end());
+        out.push('\n');
+    };
+    line(headers.to_vec());
+    for row in rows {
+        line(row.iter().map(String::as_str).collect());
+    }
+    out
+}
+
+fn status_table(view: &StatusView) -> String {
+    let json = &view.json;
+    let controller = json["active_controller"].as_i64();
+    let answered: Vec<i64> = json["views_from"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|v| v.as_i64())
+        .collect();
+    let nodes: Vec<Vec<String>> = json["nodes"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|n| {
+            let id = n["id"].as_i64().unwrap_or(-1);
+            let mut status = or_dash(&n["status"]);
+            if !answered.contains(&id) {
+                status.push_str(" (no answer)");
+            }
+            vec![
+                id.to_string(),
+                or_dash(&n["address"]),
+                status,
+                or_dash(&n["incarnation"]),
+                if controller == Some(id) {
+                    "active".into()
+                } else {
+                    String::new()
+                },
+            ]
+        })
+        .collect();
+    let mut out = String::from("Nodes\n");
+    out.push_str(&table(
+        &["ID", "ADDRESS", "STATUS", "INCARNATION", "CONTROLLER"],
+        &nodes,
+    ));
+    let partitions: Vec<Vec<String>> = json["partitions"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|p| {
+            let lag: Vec<String> = p["replica_offsets"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|r| {
+                    format!(
+                        "{}:{}",
+                        or_dash(&r["id"]),
+                        or_dash(&r["lag"]).replace('-', "?")
+                    )
+                })
+                .collect();
+            let mut flags = Vec::new();
+            if p["leader"].is_null() {
+                flags.push("OFFLINE");
+            }
+            if p["under_min_isr"].as_bool() == Some(true) {
+                flags.push("under-min-isr");
+            } else if p["under_replicated"].as_bool() == Some(true) {
+                flags.push("under-replicated");
+            }
+            if p["recovering"].as_bool() == Some(true) {
+                flags.push("recovering");
+            }
+            vec![
+                format!("{}-{}", or_dash(&p["topic"]), or_dash(&p["partition"])),
+                or_dash(&p["leader"]),
+                ids(&p["isr"]),
+                or_dash(&p["leader_epoch"]),
+                or_dash(&p["partition_epoch"]),
+                or_dash(&p["high_watermark"]),
+                lag.join(" "),
+                flags.join(","),
+            ]
+        })
+        .collect();
+    out.push_str("Partitions\n");
+    if partitions.is_empty() {
+        out.push_str("  (no topics)\n");
+    } else {
+        out.push_str(&table(
+            &[
+                "PARTITION",
+                "LEADER",
+                "ISR",
+                "LEADER-EPOCH",
+                "PART-EPOCH",
+                "HW",
+                "LAG(replica:records)",
+                "FLAGS",
+            ],
+            &partitions,
+        ));
+    }
+    out
+}
+
+fn describe_topic(view: &StatusView, name: &str) -> anyhow::Result<ExitCode> {
+    let json = &view.json;
+    let topic = json["topics"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|t| t["name"].as_str() == Some(name));
+    let partitions: Vec<&serde_json::Value> = json["partitions"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|p| p["topic"].as_str() == Some(name))
+        .collect();
+    if topic.is_none() && partitions.is_empty() {
+        bail!("unknown topic {name} (`tandem topic list` shows the topics)");
+    }
+    let mut out = std::io::stdout().lock();
+    match topic {
+        Some(t) => {
+            writeln!(
+                out,
+                "Topic {name}: {} partitions, replication factor {}, kind {}",
+                or_dash(&t["partitions"]),
+                or_dash(&t["replication_factor"]),
+                or_dash(&t["kind"])
+            )?;
+            let config: Vec<String> = t["config"]
+                .as_object()
+                .into_iter()
+                .flatten()
+                .map(|(k, v)| format!("{k}={}", or_dash(v)))
+                .collect();
+            writeln!(out, "Config: {}", config.join(" "))?;
+        }
+        None => writeln!(
+            out,
+            "Topic {name}: {} partitions (this server does not report its config)",
+            partitions.len()
+        )?,
+    }
+    let rows: Vec<Vec<String>> = partitions
+        .iter()
+        .map(|p| {
+            vec![
+                or_dash(&p["partition"]),
+                or_dash(&p["leader"]),
+                or_dash(&p["leader_epoch"]),
+                or_dash(&p["partition_epoch"]),
+                ids(&p["replicas"]),
+                ids(&p["isr"]),
+                ids(&p["elr"]),
+                if p["recovering"].as_bool() == Some(true) {
+                    "yes".into()
+                } else {
+                    "no".into()
+                },
+                or_dash(&p["high_watermark"]),
+            ]
+        })
+        .collect();
+    write!(
+        out,
+        "{}",
+        table(
+            &[
+                "PARTITION",
+                "LEADER",
+                "LEADER-EPOCH",
+                "PART-EPOCH",
+                "REPLICAS",
+                "ISR",
+                "ELR",
+                "RECOVERING",
+                "HW",
+            ],
+            &rows,
+        )
+    )?;
+    Ok(ExitCode::SUCCESS)
 }

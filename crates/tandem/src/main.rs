@@ -1,5 +1,4 @@
 //! The `tandem` binary: one executable for the server, the local cluster and every tool.
-//! Today it carries the log tools; the server issue adds `server` and `dev`.
 
 mod client_cmd;
 mod log_cmd;
@@ -13,7 +12,17 @@ use clap::{Parser, Subcommand};
 #[command(
     name = "tandem",
     version,
-    about = "A leader-follower replicated log and key-value store"
+    about = "A leader-follower replicated log and key-value store",
+    after_help = "\
+Examples:
+  tandem dev                                   # a local 3-node cluster, data in ./tandem-data
+  tandem topic create events --partitions 3 --replication-factor 3 --min-insync 2
+  seq 1 10 | tandem produce events
+  tandem consume events --from-beginning --max 10
+  tandem status
+
+Client commands reach the cluster through --bootstrap or TANDEM_BOOTSTRAP (default
+127.0.0.1:9092). `tandem <command> --help` has each command's examples."
 )]
 struct Cli {
     #[command(subcommand)]
@@ -24,18 +33,19 @@ struct Cli {
 enum Command {
     /// Run one node.
     Server(server_cmd::ServerArgs),
-    /// Run a local cluster (3 nodes by default) until Ctrl-C.
+    /// Run a local cluster (3 nodes by default, data in ./tandem-data), restarting nodes that
+    /// die, until Ctrl-C.
     Dev(server_cmd::DevArgs),
     /// Work with a partition's log directory directly (append, dump, check).
     #[command(subcommand)]
     Log(log_cmd::LogCommand),
-    /// Create, delete and list topics.
+    /// Create, list, describe and delete topics.
     Topic(client_cmd::TopicArgs),
     /// Send stdin lines as records (optionally "key<sep>value").
     Produce(client_cmd::ProduceArgs),
-    /// Print a topic's records, from an offset, until a count or a silence.
+    /// Print a topic's records, from an offset, until --max records, a silence, or Ctrl-C.
     Consume(client_cmd::ConsumeArgs),
-    /// The cluster's state as JSON, and a one-line summary.
+    /// The cluster at a glance: nodes, active controller, partitions, lag (or --json).
     Status(client_cmd::StatusArgs),
     /// Run the deterministic simulation: `--seeds N | --duration SECS`, `--seed S` to replay
     /// (docs/simulation.md).
@@ -59,6 +69,8 @@ fn main() -> ExitCode {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level)),
         )
         .with_writer(std::io::stderr)
+        // Colours for a terminal only: `tandem dev` sends its nodes' logs to files.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let result = match cli.command {
         Command::Server(args) => server_cmd::server(args),

@@ -469,15 +469,14 @@ fn cli_topic_create_produce_consume_status() {
     );
     assert!(ok && out.starts_with("0\t1\t"), "{out}");
 
-    let (ok, out, err) = cli(&["status"], &bootstrap, None);
+    let (ok, out, err) = cli(&["status", "--json"], &bootstrap, None);
     assert!(ok, "status failed: {err}");
-    let summary = out.lines().last().unwrap();
+    let summary = err.lines().last().unwrap();
     assert!(
         summary.starts_with("3/3 nodes live, 2 partitions: 0 offline"),
         "{summary}"
     );
-    let json_text = &out[..out.len() - summary.len() - 1];
-    let json: serde_json::Value = serde_json::from_str(json_text).expect("pretty JSON");
+    let json: serde_json::Value = serde_json::from_str(&out).expect("pretty JSON");
     assert_eq!(json["partitions"].as_array().unwrap().len(), 2);
 
     let (ok, _, err) = cli(&["topic", "delete", "lines"], &bootstrap, None);
