@@ -118,6 +118,13 @@ impl<T: ControllerTransport> PeerConnection<T> {
 }
 
 impl<T: ControllerTransport> RaftNetwork<TypeConfig> for PeerConnection<T> {
+    /// After a voter was unreachable, retry it every 50 ms rather than openraft's default
+    /// 500 ms: a voter that just restarted is needed at once when another one dies (a kill soon
+    /// after a restart otherwise waits out the backoff before the quorum can commit the fence).
+    fn backoff(&self) -> openraft::network::Backoff {
+        openraft::network::Backoff::new(std::iter::repeat(std::time::Duration::from_millis(50)))
+    }
+
     async fn append_entries(
         &mut self,
         rpc: AppendEntriesRequest<TypeConfig>,

@@ -39,16 +39,141 @@ impl Drop for Server {
 
 pub struct Cluster {
     pub servers: Vec<Server>,
-    /// Holds the nodes' data and logs; removed when the cluster is dropped.
+    /// Holds the nodes' data and logs; removed when the cluster is dropped (kept, and its
+    /// path printed, when the test is failing).
     pub dir: tempfile::TempDir,
+    /// The `--voters` list every node was started with (a restart passes it again).
+    pub voters: String,
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            self.dir.disable_cleanup(true);
+            eprintln!(
+                "test failed: the nodes' data and logs are kept in {}",
+                self.dir.path().display()
+            );
+        }
+    }
 }
 
 impl Cluster {
     /// Three `tandem server` processes, all controller voters, on free loopback ports.
     pub fn start() -> Cluster {
+        Cluster::start_n(3)
+    }
+
+    /// `count` (1, 3 or 5) `tandem server` processes, all controller voters.
+    pub fn start_n(count: usize) -> Cluster {
         let dir = tempfile::tempdir().unwrap();
-        let servers = start_servers(dir.path(), 3);
-        Cluster { servers, dir }
+        let servers = start_servers(dir.path(), count);
+        let voters = voters_of(&servers);
+        Cluster {
+            servers,
+            dir,
+            voters,
+        }
+    }
+
+    /// The node's `--data-dir`, the same across restarts.
+    pub fn data_dir(&self, id: i32) -> PathBuf {
+        self.dir.path().join(format!("node-{id}"))
+    }
+
+    /// The directory of one partition replica's log on node `id`.
+    pub fn partition_dir(&self, id: i32, topic: &str, partition: i32) -> PathBuf {
+        self.data_dir(id)
+            .join("logs")
+            .join(format!("{topic}-{partition}"))
+    }
+
+    pub fn ids(&self) -> Vec<i32> {
+        self.servers.iter().map(|s| s.id).collect()
+    }
+
+    /// Whether node `id` has a process (running or stopped with SIGSTOP).
+    pub fn is_up(&self, id: i32) -> bool {
+        self.server(id).child.is_some()
+    }
+
+    fn server(&self, id: i32) -> &Server {
+        self.servers
+            .iter()
+            .find(|s| s.id == id)
+            .unwrap_or_else(|| panic!("no node {id}"))
+    }
+
+    fn server_mut(&mut self, id: i32) -> &mut Server {
+        self.servers
+            .iter_mut()
+            .find(|s| s.id == id)
+            .unwrap_or_else(|| panic!("no node {id}"))
+    }
+
+    /// Starts node `id` again after a kill or stop: same `--id`, `--listen`, `--voters` and
+    /// `--data-dir`, so it comes back as the same node (a new incarnation) with its log. Its
+    /// log file is appended to.
+    pub fn restart(&mut self, id: i32) {
+        assert!(!self.is_up(id), "node {id} is still running");
+        let dir = self.dir.path().to_path_buf();
+        let voters = self.voters.clone();
+        let server = self.server_mut(id);
+        let child = spawn_server(&dir, id, &server.address, &voters, true);
+        server.child = Some(child);
+    }
+
+    /// Sends `signal` (libc::SIGSTOP, SIGCONT, SIGTERM, ...) to node `id`'s process.
+    pub fn signal(&self, id: i32, signal: i32) {
+        let child = self
+            .server(id)
+            .child
+            .as_ref()
+            .unwrap_or_else(|| panic!("node {id} is not running"));
+        // SAFETY: kill(2) on the pid of our own child, which we have not waited for yet.
+        let rc = unsafe { libc::kill(child.id() as libc::pid_t, signal) };
+        assert_eq!(rc, 0, "kill({}, {signal}) failed", child.id());
+    }
+
+    /// Freezes node `id` (SIGSTOP): its process stays, its sockets stay open, it does nothing.
+    pub fn pause(&self, id: i32) {
+        self.signal(id, libc::SIGSTOP);
+    }
+
+    /// Lets a frozen node go on (SIGCONT).
+    pub fn resume(&self, id: i32) {
+        self.signal(id, libc::SIGCONT);
+    }
+
+    /// Stops the given nodes cleanly (SIGTERM to all at once: controlled shutdown, HW
+    /// checkpoint, flush) and waits for them, at most `timeout`; a node still running then is
+    /// SIGKILLed. Returns the ids of the nodes that had to be killed.
+    pub fn stop(&mut self, ids: &[i32], timeout: Duration) -> Vec<i32> {
+        for &id in ids {
+            if self.is_up(id) {
+                self.signal(id, libc::SIGTERM);
+            }
+        }
+        let deadline = Instant::now() + timeout;
+        let mut killed = Vec::new();
+        for &id in ids {
+            let Some(mut child) = self.server_mut(id).child.take() else {
+                continue;
+            };
+            loop {
+                if child.try_wait().unwrap().is_some() {
+                    break;
+                }
+                if Instant::now() >= deadline {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    killed.push(id);
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+        killed
     }
 
     /// Comma-separated addresses, for a client's bootstrap list.
@@ -70,7 +195,7 @@ impl Cluster {
 
     /// Kills a node with SIGKILL.
     pub fn kill(&mut self, id: i32) {
-        let server = self.servers.iter_mut().find(|s| s.id == id).unwrap();
+        let server = self.server_mut(id);
         if let Some(mut child) = server.child.take() {
             child.kill().unwrap();
             child.wait().unwrap();
@@ -101,15 +226,27 @@ impl Cluster {
     }
 
     /// Creates a topic through Kafka's CreateTopics (retried until the controller is up) and
-    /// waits until every partition has a leader and a full ISR as every node sees it.
+    /// waits until every partition has a leader and a full ISR as every node sees it. The
+    /// replication factor is the number of nodes.
     pub fn create_topic(&self, topic: &str, partitions: i32, min_insync: &str) {
+        self.create_topic_with(topic, partitions, self.servers.len() as i16, min_insync);
+    }
+
+    /// `create_topic` with a replication factor of `replication_factor`.
+    pub fn create_topic_with(
+        &self,
+        topic: &str,
+        partitions: i32,
+        replication_factor: i16,
+        min_insync: &str,
+    ) {
         let first = self.servers[0].address.clone();
         let create = CreateTopicsRequest::default()
             .with_timeout_ms(5_000)
             .with_topics(vec![CreatableTopic::default()
                 .with_name(name(topic))
                 .with_num_partitions(partitions)
-                .with_replication_factor(self.servers.len() as i16)
+                .with_replication_factor(replication_factor)
                 .with_configs(vec![CreatableTopicConfig::default()
                     .with_name(StrBytes::from_static_str("min.insync.replicas"))
                     .with_value(Some(StrBytes::from_string(
@@ -128,13 +265,18 @@ impl Cluster {
                 _ => None,
             }
         });
-        self.wait_until_ready(topic, partitions as usize);
+        self.wait_until_ready_with(topic, partitions as usize, replication_factor as usize);
     }
 
     /// Waits until every node reports every partition of `topic` led, with a full ISR.
     pub fn wait_until_ready(&self, topic: &str, partitions: usize) {
-        let full = self.servers.len();
-        for server in &self.servers {
+        self.wait_until_ready_with(topic, partitions, self.servers.len());
+    }
+
+    /// Waits until every running node reports every partition of `topic` led, with
+    /// `replicas` in its ISR.
+    pub fn wait_until_ready_with(&self, topic: &str, partitions: usize, replicas: usize) {
+        for server in self.servers.iter().filter(|s| s.child.is_some()) {
             wait_for("every partition led with a full ISR", || {
                 let m = metadata(&server.address, Some(topic))?;
                 let t = m.topics.first()?;
@@ -142,7 +284,7 @@ impl Cluster {
                     && t.partitions.len() == partitions
                     && t.partitions
                         .iter()
-                        .all(|p| p.leader_id.0 >= 0 && p.isr_nodes.len() == full))
+                        .all(|p| p.leader_id.0 >= 0 && p.isr_nodes.len() == replicas))
                 .then_some(())
             });
         }
@@ -183,24 +325,7 @@ pub fn start_servers(dir: &Path, count: usize) -> Vec<Server> {
         .map(|(i, port)| {
             let id = i as i32 + 1;
             let address = format!("127.0.0.1:{port}");
-            let log = std::fs::File::create(dir.join(format!("node-{id}.log"))).unwrap();
-            let child = Command::new(env!("CARGO_BIN_EXE_tandem"))
-                .args([
-                    "server",
-                    "--id",
-                    &id.to_string(),
-                    "--listen",
-                    &address,
-                    "--voters",
-                    &voters,
-                ])
-                .arg("--data-dir")
-                .arg(dir.join(format!("node-{id}")))
-                .env("TANDEM_LOG", "info,openraft=warn")
-                .stdout(Stdio::null())
-                .stderr(log)
-                .spawn()
-                .expect("start tandem server");
+            let child = spawn_server(dir, id, &address, &voters, false);
             Server {
                 id,
                 address,
@@ -208,6 +333,46 @@ pub fn start_servers(dir: &Path, count: usize) -> Vec<Server> {
             }
         })
         .collect()
+}
+
+fn voters_of(servers: &[Server]) -> String {
+    servers
+        .iter()
+        .map(|s| format!("{}={}", s.id, s.address))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// One `tandem server` process: data in `dir/node-<id>`, its log (stderr) in
+/// `dir/node-<id>.log` (appended to when `restart`).
+pub fn spawn_server(dir: &Path, id: i32, address: &str, voters: &str, restart: bool) -> Child {
+    let path = dir.join(format!("node-{id}.log"));
+    let mut log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .truncate(false)
+        .open(&path)
+        .unwrap();
+    if restart {
+        let _ = writeln!(log, "===== test harness: node {id} restarted =====");
+    }
+    Command::new(env!("CARGO_BIN_EXE_tandem"))
+        .args([
+            "server",
+            "--id",
+            &id.to_string(),
+            "--listen",
+            address,
+            "--voters",
+            voters,
+        ])
+        .arg("--data-dir")
+        .arg(dir.join(format!("node-{id}")))
+        .env("TANDEM_LOG", "info,openraft=warn")
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .expect("start tandem server")
 }
 
 pub fn name(s: &str) -> TopicName {
@@ -249,6 +414,28 @@ pub fn metadata(address: &str, topic: Option<&str>) -> Option<MetadataResponse> 
         .with_topics(topic.map(|t| vec![MetadataRequestTopic::default().with_name(Some(name(t)))]));
     match kafka(address, ApiKey::Metadata, 9, RequestKind::Metadata(request))? {
         ResponseKind::Metadata(m) => Some(m),
+        _ => None,
+    }
+}
+
+/// Tandem's ClusterStatus (API key 1000) as `address` sees it: JSON with the nodes, and each
+/// partition's leader, ISR, epochs and this node's own `local` HW / LEO. `None` if the node
+/// cannot be reached or answers something else.
+pub fn status(address: &str) -> Option<serde_json::Value> {
+    use tandem_protocol::{
+        decode_tandem_response, encode_tandem_request, TandemRequest, TandemResponse,
+    };
+    let mut stream = TcpStream::connect(address).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    let frame = encode_tandem_request(9, &TandemRequest::ClusterStatus);
+    stream.write_all(&(frame.len() as u32).to_be_bytes()).ok()?;
+    stream.write_all(&frame).ok()?;
+    let mut length = [0u8; 4];
+    stream.read_exact(&mut length).ok()?;
+    let mut response = vec![0u8; u32::from_be_bytes(length) as usize];
+    stream.read_exact(&mut response).ok()?;
+    match decode_tandem_response(Bytes::from(response)).ok()? {
+        (9, TandemResponse::ClusterStatus(text)) => serde_json::from_str(&text).ok(),
         _ => None,
     }
 }
