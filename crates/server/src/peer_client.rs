@@ -24,7 +24,16 @@ use crate::node::Unreachable;
 const CALL_TIMEOUT: Duration = Duration::from_secs(5);
 const CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
 
-type Pending = Arc<Mutex<HashMap<i32, oneshot::Sender<TandemResponse>>>>;
+/// Who waits for which answer on a connection, and whether the connection is gone. Both under
+/// one lock: a caller must never register a waiter on a connection whose reader has already
+/// ended, or it would wait for an answer nobody will deliver (a peer killed with SIGKILL).
+#[derive(Default)]
+struct PendingState {
+    waiters: HashMap<i32, oneshot::Sender<TandemResponse>>,
+    closed: bool,
+}
+
+type Pending = Arc<Mutex<PendingState>>;
 
 struct Connection {
     frames: mpsc::UnboundedSender<Bytes>,
@@ -49,7 +58,7 @@ impl PeerClient {
 
     async fn connect(&self, address: &str) -> Result<Arc<Connection>, Unreachable> {
         if let Some(existing) = self.connections.lock().get(address) {
-            if !existing.frames.is_closed() {
+            if !existing.frames.is_closed() && !existing.pending.lock().closed {
                 return Ok(Arc::clone(existing));
             }
         }
@@ -84,7 +93,8 @@ impl PeerClient {
             while let Some(Ok(frame)) = incoming.next().await {
                 match decode_tandem_response(frame.freeze()) {
                     Ok((correlation_id, response)) => {
-                        if let Some(waiter) = reader_pending.lock().remove(&correlation_id) {
+                        if let Some(waiter) = reader_pending.lock().waiters.remove(&correlation_id)
+                        {
                             let _ = waiter.send(response);
                         }
                     }
@@ -94,8 +104,10 @@ impl PeerClient {
                     }
                 }
             }
-            // Everyone still waiting learns the connection is gone.
-            reader_pending.lock().clear();
+            // Everyone still waiting learns the connection is gone, and nobody new waits on it.
+            let mut pending = reader_pending.lock();
+            pending.closed = true;
+            pending.waiters.clear();
         });
         let connection = Arc::new(Connection { frames, pending });
         self.connections
@@ -117,7 +129,15 @@ impl PeerClient {
         let connection = self.connect(address).await?;
         let correlation_id = self.next_correlation.fetch_add(1, Ordering::Relaxed);
         let (waiter, answer) = oneshot::channel();
-        connection.pending.lock().insert(correlation_id, waiter);
+        {
+            let mut pending = connection.pending.lock();
+            if pending.closed {
+                drop(pending);
+                self.connections.lock().remove(address);
+                return Err(unreachable("connection closed"));
+            }
+            pending.waiters.insert(correlation_id, waiter);
+        }
         let frame = encode_tandem_request(correlation_id, &request);
         if connection.frames.send(frame).is_err() {
             self.connections.lock().remove(address);
@@ -130,9 +150,62 @@ impl PeerClient {
                 Err(unreachable("connection closed"))
             }
             Err(_) => {
-                connection.pending.lock().remove(&correlation_id);
+                connection.pending.lock().waiters.remove(&correlation_id);
                 Err(unreachable("timed out"))
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::AsyncReadExt;
+
+    /// A peer that answers one request, then its process dies (SIGKILL): the socket closes
+    /// while the client's pooled connection is idle. The next call must fail at once (and the
+    /// one after reconnect), not wait out the call timeout on a connection nobody reads.
+    #[tokio::test]
+    async fn a_connection_the_peer_closed_while_idle_is_not_reused() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap().to_string();
+        tokio::spawn(async move {
+            while let Ok((mut socket, _)) = listener.accept().await {
+                tokio::spawn(async move {
+                    let mut length = [0u8; 4];
+                    if socket.read_exact(&mut length).await.is_err() {
+                        return;
+                    }
+                    let mut frame = vec![0u8; u32::from_be_bytes(length) as usize];
+                    if socket.read_exact(&mut frame).await.is_err() {
+                        return;
+                    }
+                    let correlation_id =
+                        i32::from_be_bytes([frame[4], frame[5], frame[6], frame[7]]);
+                    let answer = tandem_protocol::encode_tandem_response(
+                        correlation_id,
+                        &TandemResponse::ClusterStatus("{}".into()),
+                    );
+                    let _ = socket.write_all(&(answer.len() as u32).to_be_bytes()).await;
+                    let _ = socket.write_all(&answer).await;
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    drop(socket); // the peer dies
+                });
+            }
+        });
+        let client = PeerClient::new(1 << 20);
+        let answer = client.call(&address, TandemRequest::ClusterStatus).await;
+        assert!(
+            matches!(answer, Ok(TandemResponse::ClusterStatus(_))),
+            "{answer:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await; // the peer is gone, the pool is not told
+        let started = std::time::Instant::now();
+        let _ = client.call(&address, TandemRequest::ClusterStatus).await;
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "a call on a dead pooled connection took {:?}",
+            started.elapsed()
+        );
     }
 }
