@@ -1197,6 +1197,80 @@ fn below_min_insync_acks_all_fails_fast_with_not_enough_replicas_and_acks_1_work
 // ---------------------------------------------------------------------------------------------
 // 5. Measurements (not timed tests).
 
+/// Killing the active controller together with another replica of a partition (5 nodes, so
+/// the quorum survives) must not take every node's session with it, nor the live leader's
+/// partition. (A peer client that kept calling a dead pooled connection for 5 s once made the
+/// new controller fence every node here; `peer_client`'s unit test pins that bug exactly, this
+/// test the scenario.)
+#[test]
+fn killing_the_active_controller_and_a_replica_leaves_the_rest_serving() {
+    let _one = one_cluster_at_a_time();
+    let topic = "quorum";
+    let mut cluster = Cluster::start_n(5);
+    cluster.create_topic_with(topic, 5, 3, "2");
+    let ids = cluster.ids();
+    let (controller, p, view) = wait_for(
+        "a partition led elsewhere with the controller as a follower",
+        || {
+            let controller = status(&cluster.address_of(1))?["active_controller"].as_i64()? as i32;
+            (0..5).find_map(|p| {
+                let view = committed_view(&cluster, &ids, topic, p)?;
+                let fits = view.leader >= 0
+                    && view.leader != controller
+                    && view.replicas.contains(&controller)
+                    && view.isr.len() == 3;
+                fits.then_some((controller, p, view))
+            })
+        },
+    );
+    let leader = view.leader;
+    let other = *view
+        .replicas
+        .iter()
+        .find(|r| **r != leader && **r != controller)
+        .expect("RF 3");
+    let address = cluster.address_of(leader);
+    assert_eq!(
+        raw_produce(&address, topic, p, -1, 10_000, "before").0,
+        Ok(0)
+    );
+    cluster.kill(controller);
+    cluster.kill(other);
+    // The survivors stay live under the new active controller, and the leader keeps leading
+    // (acks=1 works; acks=all waits for min.insync).
+    let survivors: Vec<i32> = ids
+        .iter()
+        .copied()
+        .filter(|id| *id != controller && *id != other)
+        .collect();
+    wait_for(
+        "the survivors live and the partition led by its old leader",
+        || {
+            let json = status(&cluster.address_of(leader))?;
+            let live = json["nodes"]
+                .as_array()?
+                .iter()
+                .filter(|n| n["status"] == "Live")
+                .filter_map(|n| n["id"].as_i64())
+                .filter(|id| survivors.contains(&(*id as i32)))
+                .count();
+            let led = view_from(&address, topic, p).is_some_and(|v| v.leader == leader);
+            (live == survivors.len() && led).then_some(())
+        },
+    );
+    let (acks_1, _) = raw_produce(&address, topic, p, 1, 10_000, "acks-1");
+    assert!(
+        acks_1.is_ok(),
+        "acks=1 on the surviving leader: {acks_1:?}\n{}",
+        statuses(&cluster)
+    );
+    // One replica back: acks=all works again.
+    cluster.restart(other);
+    wait_for("acks=all after a replica came back", || {
+        raw_produce(&address, topic, p, -1, 10_000, "after").0.ok()
+    });
+}
+
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
     let rank = ((p * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len());
     sorted[rank - 1]
