@@ -7,78 +7,19 @@
 //!
 //! Every loop is bounded in count and time; the bounds are generous (2-core machines).
 
+mod common;
+
 use std::collections::{BTreeMap, HashMap};
 use std::io::Write;
-use std::net::TcpListener;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::Cluster;
 use tandem_client::partitioner::partition_for_key;
 use tandem_client::{
     Acks, Client, ClientConfig, Consumer, ConsumerConfig, NewTopic, Producer, ProducerConfig,
     ReadFrom, Record, StartOffset,
 };
-
-struct Server {
-    id: i32,
-    address: String,
-    child: Option<Child>,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        if let Some(child) = &mut self.child {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn start_cluster(dir: &std::path::Path) -> Vec<Server> {
-    let ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
-    let voters: Vec<String> = ports
-        .iter()
-        .enumerate()
-        .map(|(i, p)| format!("{}=127.0.0.1:{p}", i + 1))
-        .collect();
-    let voters = voters.join(",");
-    ports
-        .iter()
-        .enumerate()
-        .map(|(i, port)| {
-            let id = i as i32 + 1;
-            let address = format!("127.0.0.1:{port}");
-            let log = std::fs::File::create(dir.join(format!("node-{id}.log"))).unwrap();
-            let child = Command::new(env!("CARGO_BIN_EXE_tandem"))
-                .args(["server", "--id", &id.to_string(), "--listen", &address])
-                .args(["--voters", &voters])
-                .arg("--data-dir")
-                .arg(dir.join(format!("node-{id}")))
-                .env("TANDEM_LOG", "info")
-                .stdout(Stdio::null())
-                .stderr(log)
-                .spawn()
-                .expect("start tandem server");
-            Server {
-                id,
-                address,
-                child: Some(child),
-            }
-        })
-        .collect()
-}
-
-fn bootstrap(servers: &[Server]) -> Vec<String> {
-    servers.iter().map(|s| s.address.clone()).collect()
-}
 
 /// Connects, retrying while the nodes start (bounded).
 async fn connect(addresses: Vec<String>) -> Client {
@@ -135,14 +76,13 @@ const PARTITIONS: u32 = 3;
 
 #[test]
 fn keyed_acks_all_records_survive_sigkill_of_a_partition_leader_exactly_once() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut servers = start_cluster(dir.path());
+    let mut cluster = Cluster::start();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .unwrap();
-    let addresses = bootstrap(&servers);
+    let addresses: Vec<String> = cluster.servers.iter().map(|s| s.address.clone()).collect();
     let started = Instant::now();
     let outcome = runtime.block_on(async {
         tokio::time::timeout(Duration::from_secs(240), async {
@@ -190,10 +130,7 @@ fn keyed_acks_all_records_survive_sigkill_of_a_partition_leader_exactly_once() {
                     tokio::time::sleep(Duration::from_millis(10)).await;
                 }
                 if i == RECORDS / 2 + 50 {
-                    let server = servers.iter_mut().find(|s| s.id == victim).unwrap();
-                    let mut child = server.child.take().unwrap();
-                    child.kill().unwrap(); // SIGKILL
-                    child.wait().unwrap();
+                    cluster.kill(victim); // SIGKILL
                     killed_at = Some(Instant::now());
                     eprintln!(
                         "{:?}: SIGKILLed node {victim}, leader of orders-0, after {i} sends",
@@ -365,9 +302,8 @@ fn cli(args: &[&str], bootstrap: &str, stdin: Option<&str>) -> (bool, String, St
 
 #[test]
 fn cli_topic_create_produce_consume_status() {
-    let dir = tempfile::tempdir().unwrap();
-    let servers = start_cluster(dir.path());
-    let bootstrap = servers[1].address.clone();
+    let cluster = Cluster::start();
+    let bootstrap = cluster.servers[1].address.clone();
 
     // The first command may race the cluster's start: retry it (bounded).
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -483,5 +419,5 @@ fn cli_topic_create_produce_consume_status() {
     assert!(ok, "delete failed: {err}");
     let (ok, _, err) = cli(&["consume", "lines"], &bootstrap, None);
     assert!(!ok && err.contains("unknown topic"), "{err}");
-    drop(servers);
+    drop(cluster);
 }

@@ -2,129 +2,24 @@
 //! protocol. Topic creation, acks=all produce, SIGKILL of the leader, failover, and the oracle:
 //! every acknowledged record is still there exactly once, at its offset.
 
+mod common;
+
 use std::collections::BTreeMap;
-use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use bytes::Bytes;
+use common::{kafka, name, wait_for, Cluster};
 use kafka_protocol::messages::create_topics_request::{CreatableTopic, CreatableTopicConfig};
 use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
 use kafka_protocol::messages::metadata_request::MetadataRequestTopic;
 use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
 use kafka_protocol::messages::{
-    ApiKey, CreateTopicsRequest, FetchRequest, MetadataRequest, ProduceRequest, RequestHeader,
-    RequestKind, ResponseKind, TopicName,
+    ApiKey, CreateTopicsRequest, FetchRequest, MetadataRequest, ProduceRequest, RequestKind,
+    ResponseKind,
 };
 use kafka_protocol::protocol::StrBytes;
 use tandem_storage::batch::{decode_records, split_batches};
 use tandem_storage::BatchBuilder;
-
-const BOUND: Duration = Duration::from_secs(30);
-
-struct Server {
-    id: i32,
-    address: String,
-    child: Option<Child>,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        if let Some(child) = &mut self.child {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn start_cluster(dir: &std::path::Path) -> Vec<Server> {
-    let ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
-    let voters: Vec<String> = ports
-        .iter()
-        .enumerate()
-        .map(|(i, p)| format!("{}=127.0.0.1:{p}", i + 1))
-        .collect();
-    let voters = voters.join(",");
-    ports
-        .iter()
-        .enumerate()
-        .map(|(i, port)| {
-            let id = i as i32 + 1;
-            let address = format!("127.0.0.1:{port}");
-            let log = std::fs::File::create(dir.join(format!("node-{id}.log"))).unwrap();
-            let child = Command::new(env!("CARGO_BIN_EXE_tandem"))
-                .args([
-                    "server",
-                    "--id",
-                    &id.to_string(),
-                    "--listen",
-                    &address,
-                    "--voters",
-                    &voters,
-                ])
-                .arg("--data-dir")
-                .arg(dir.join(format!("node-{id}")))
-                .env("TANDEM_LOG", "info")
-                .stdout(Stdio::null())
-                .stderr(log)
-                .spawn()
-                .expect("start tandem server");
-            Server {
-                id,
-                address,
-                child: Some(child),
-            }
-        })
-        .collect()
-}
-
-/// One Kafka request over a fresh connection; `None` if the node cannot be reached.
-fn kafka(address: &str, api_key: ApiKey, version: i16, body: RequestKind) -> Option<ResponseKind> {
-    let mut stream = TcpStream::connect(address).ok()?;
-    stream
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .ok()?;
-    let header = RequestHeader::default()
-        .with_request_api_key(api_key as i16)
-        .with_request_api_version(version)
-        .with_correlation_id(7)
-        .with_client_id(Some(StrBytes::from_static_str("cluster-test")));
-    let frame = tandem_protocol::encode_request(&header, &body).ok()?;
-    stream.write_all(&(frame.len() as u32).to_be_bytes()).ok()?;
-    stream.write_all(&frame).ok()?;
-    let mut length = [0u8; 4];
-    stream.read_exact(&mut length).ok()?;
-    let mut response = vec![0u8; u32::from_be_bytes(length) as usize];
-    stream.read_exact(&mut response).ok()?;
-    let (correlation_id, response) =
-        tandem_protocol::decode_response(api_key, version, Bytes::from(response)).ok()?;
-    assert_eq!(correlation_id, 7);
-    Some(response)
-}
-
-fn wait_for<T>(what: &str, mut attempt: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + BOUND;
-    loop {
-        if let Some(value) = attempt() {
-            return value;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
-fn name(s: &str) -> TopicName {
-    TopicName(StrBytes::from_string(s.to_string()))
-}
 
 /// (leader id, ISR size) of partition 0, as `address` sees it.
 fn leader_of(address: &str, topic: &str) -> Option<(i32, usize)> {
@@ -234,9 +129,8 @@ fn consume_all(address: &str, topic: &str) -> Option<Vec<(i64, String)>> {
 #[test]
 fn acknowledged_writes_survive_sigkill_of_the_leader() {
     let started = Instant::now();
-    let dir = tempfile::tempdir().unwrap();
-    let mut servers = start_cluster(dir.path());
-    let first = servers[0].address.clone();
+    let mut cluster = Cluster::start();
+    let first = cluster.servers[0].address.clone();
     let create = CreateTopicsRequest::default()
         .with_timeout_ms(5_000)
         .with_topics(vec![CreatableTopic::default()
@@ -264,32 +158,23 @@ fn acknowledged_writes_survive_sigkill_of_the_leader() {
             .filter(|(_, isr)| *isr == 3)
             .map(|(l, _)| l)
     });
-    let address_of = |id: i32, servers: &[Server]| {
-        servers
-            .iter()
-            .find(|s| s.id == id)
-            .map(|s| s.address.clone())
-            .unwrap()
-    };
     eprintln!("{:?}: leader {leader} with a full ISR", started.elapsed());
     let producer = wait_for("a producer id", || producer_id(&first));
     let mut acknowledged = BTreeMap::new();
     for i in 0..30 {
         let value = format!("event-{i}");
         let offset = wait_for("an acks=all write", || {
-            produce(&address_of(leader, &servers), "events", &value, producer, i).ok()
+            produce(&cluster.address_of(leader), "events", &value, producer, i).ok()
         });
         acknowledged.insert(offset, value);
     }
     eprintln!("{:?}: 30 writes acknowledged", started.elapsed());
 
     // SIGKILL: no controlled shutdown, no goodbye.
-    let victim = servers.iter_mut().find(|s| s.id == leader).unwrap();
-    let mut child = victim.child.take().unwrap();
-    child.kill().unwrap();
-    child.wait().unwrap();
+    cluster.kill(leader);
     let killed_at = Instant::now();
-    let survivor = servers
+    let survivor = cluster
+        .servers
         .iter()
         .find(|s| s.id != leader)
         .unwrap()
@@ -300,7 +185,7 @@ fn acknowledged_writes_survive_sigkill_of_the_leader() {
             .map(|(l, _)| l)
             .filter(|l| *l != leader)
     });
-    let new_address = address_of(new_leader, &servers);
+    let new_address = cluster.address_of(new_leader);
     let offset = wait_for("a write on the new leader", || {
         produce(&new_address, "events", "after", producer, 30).ok()
     });
