@@ -24,8 +24,7 @@ pub use kafka_protocol::messages::{
 };
 pub use tandem::{
     decode_tandem_response, encode_tandem_request, encode_tandem_response, Durability,
-    EpochEndOffset, ParseDurabilityError, ReplicaFetchPartition, ReplicaFetchPartitionResponse,
-    TandemRequest, TandemResponse, TANDEM_API_KEY, TANDEM_API_VERSION,
+    ParseDurabilityError, TandemRequest, TandemResponse, TANDEM_API_KEY, TANDEM_API_VERSION,
 };
 
 /// Kafka's default `socket.request.max.bytes`.
@@ -498,4 +497,25 @@ pub fn with_length_prefix(frame: &[u8]) -> Bytes {
     out.put_u32(frame.len() as u32);
     out.put_slice(frame);
     out.freeze()
+}
+
+/// Tandem's extensions of Kafka's Fetch response, carried as tagged fields of a partition's
+/// data (Fetch v12+, where tagged fields exist). A follower replicates with Kafka's own Fetch
+/// (DESIGN.md); these carry what a Tandem leader tells its followers beyond Kafka's fields.
+/// Kafka clients ignore tags they do not know.
+pub mod fetch_tags {
+    /// i64, big-endian: flush your log up to here and report it (`durability = flushed`).
+    pub const FLUSH_UP_TO: i32 = 10_000;
+    /// i64, big-endian: the leader's log end offset.
+    pub const LOG_END_OFFSET: i32 = 10_001;
+    /// The version a follower's Fetch uses: the first with tagged fields and diverging epochs.
+    pub const REPLICA_FETCH_VERSION: i16 = 12;
+
+    pub fn encode_i64(value: i64) -> bytes::Bytes {
+        bytes::Bytes::copy_from_slice(&value.to_be_bytes())
+    }
+
+    pub fn decode_i64(bytes: &[u8]) -> Option<i64> {
+        Some(i64::from_be_bytes(bytes.try_into().ok()?))
+    }
 }

@@ -50,48 +50,6 @@ impl FromStr for Durability {
     }
 }
 
-/// One partition of a [`TandemRequest::ReplicaFetch`].
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ReplicaFetchPartition {
-    pub topic: String,
-    pub partition: i32,
-    /// The follower's LEO: the leader reads from here and learns the follower's progress.
-    pub fetch_offset: i64,
-    /// Epoch of the follower's last batch (-1 if its log is empty), to detect divergence.
-    pub last_fetched_epoch: i32,
-    /// The leader epoch the follower believes in; fenced if stale (rule 1).
-    pub current_leader_epoch: i32,
-    /// Most record bytes to return for this partition.
-    pub max_bytes: i32,
-}
-
-/// The end of a leader epoch, as in Kafka's diverging-epoch reply.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub struct EpochEndOffset {
-    pub epoch: i32,
-    pub end_offset: i64,
-}
-
-/// One partition of a [`TandemResponse::ReplicaFetch`].
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ReplicaFetchPartitionResponse {
-    pub topic: String,
-    pub partition: i32,
-    /// `errors::NONE`, or why this partition was not served (the others still are).
-    pub error_code: i16,
-    pub high_watermark: i64,
-    pub log_start_offset: i64,
-    pub log_end_offset: i64,
-    /// Set when the follower's log diverges: truncate to `end_offset` of `epoch`, then refetch.
-    pub diverging_epoch: Option<EpochEndOffset>,
-    /// The leader asks the follower to flush its log up to here and report back with
-    /// `FlushReport` (for `durability = flushed` produces waiting on it); -1 for nothing.
-    pub flush_up_to: i64,
-    /// Record batches (Kafka v2, verbatim from the leader's log); empty when none.
-    #[serde(with = "byte_vec")]
-    pub records: Vec<u8>,
-}
-
 /// A request under the Tandem API key.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum TandemRequest {
@@ -116,19 +74,6 @@ pub enum TandemRequest {
         #[serde(with = "byte_vec")]
         records: Vec<u8>,
     },
-    /// A follower's fetch from its leader, many partitions at once, long-polled.
-    ReplicaFetch {
-        replica_id: i32,
-        /// The follower node's incarnation (registration epoch), -1 if unknown; lets the
-        /// leader refuse a replica of an old incarnation (rule 5).
-        replica_epoch: i64,
-        /// Long poll: answer once `min_bytes` are available or after this long.
-        max_wait_ms: i32,
-        min_bytes: i32,
-        /// Most record bytes in the whole response.
-        max_bytes: i32,
-        partitions: Vec<ReplicaFetchPartition>,
-    },
     /// The cluster's state as JSON, for `tandem status`.
     ClusterStatus,
 }
@@ -148,11 +93,6 @@ pub enum TandemResponse {
         /// On NOT_LEADER_OR_FOLLOWER / fencing: who leads now, and in which epoch.
         leader_hint: Option<i32>,
         leader_epoch: Option<i32>,
-    },
-    ReplicaFetch {
-        /// A request-wide error (e.g. the replica is fenced); per-partition ones are inside.
-        error_code: i16,
-        partitions: Vec<ReplicaFetchPartitionResponse>,
     },
     /// JSON.
     ClusterStatus(String),

@@ -36,31 +36,6 @@ fn requests() -> Vec<TandemRequest> {
             current_leader_epoch: None,
             records: vec![],
         },
-        TandemRequest::ReplicaFetch {
-            replica_id: 3,
-            replica_epoch: 99,
-            max_wait_ms: 500,
-            min_bytes: 1,
-            max_bytes: 1 << 20,
-            partitions: vec![
-                ReplicaFetchPartition {
-                    topic: "orders".into(),
-                    partition: 0,
-                    fetch_offset: 100,
-                    last_fetched_epoch: 3,
-                    current_leader_epoch: 4,
-                    max_bytes: 65_536,
-                },
-                ReplicaFetchPartition {
-                    topic: "kv".into(),
-                    partition: 7,
-                    fetch_offset: 0,
-                    last_fetched_epoch: -1,
-                    current_leader_epoch: 1,
-                    max_bytes: 1,
-                },
-            ],
-        },
         TandemRequest::ClusterStatus,
     ]
 }
@@ -75,23 +50,6 @@ fn responses() -> Vec<TandemResponse> {
             log_start_offset: -1,
             leader_hint: Some(2),
             leader_epoch: Some(8),
-        },
-        TandemResponse::ReplicaFetch {
-            error_code: 0,
-            partitions: vec![ReplicaFetchPartitionResponse {
-                topic: "orders".into(),
-                partition: 0,
-                error_code: 0,
-                high_watermark: 90,
-                log_start_offset: 0,
-                log_end_offset: 100,
-                diverging_epoch: Some(EpochEndOffset {
-                    epoch: 3,
-                    end_offset: 95,
-                }),
-                flush_up_to: 100,
-                records: vec![1; 300],
-            }],
         },
         TandemResponse::ClusterStatus("{\"nodes\":[]}".into()),
         TandemResponse::Error {

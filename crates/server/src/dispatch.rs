@@ -1,16 +1,13 @@
 //! From a decoded request to its encoded answer: Kafka's APIs go to [`crate::kafka`], Tandem's
 //! own key is answered here.
 
-use std::sync::Arc;
-
 use bytes::Bytes;
 use kafka_protocol::messages::ApiKey;
 use parking_lot::Mutex;
 use tandem_controller::{ControllerRequest, ControllerResponse};
-use tandem_protocol::errors::{self, produce_error_code, read_error_code};
+use tandem_protocol::errors::{self, produce_error_code};
 use tandem_protocol::{
-    encode_response, encode_tandem_response, EpochEndOffset, ReplicaFetchPartitionResponse,
-    Request, TandemRequest, TandemResponse,
+    encode_response, encode_tandem_response, Request, TandemRequest, TandemResponse,
 };
 use tandem_replication::types::{self, Acks, Durability};
 use tandem_replication::ProduceError;
@@ -192,70 +189,6 @@ async fn tandem(
                         leader_epoch,
                     }
                 }
-            }
-        }
-        TandemRequest::ReplicaFetch {
-            replica_id,
-            max_wait_ms,
-            partitions,
-            ..
-        } => {
-            let mut calls = Vec::new();
-            for p in partitions {
-                let node = Arc::clone(node);
-                calls.push(tokio::spawn(async move {
-                    let tp = TopicPartition {
-                        topic: p.topic.clone(),
-                        partition: p.partition,
-                    };
-                    let request = types::FetchRequest {
-                        replica_id: Some(replica_id),
-                        fetch_offset: p.fetch_offset,
-                        last_fetched_epoch: (p.last_fetched_epoch >= 0)
-                            .then_some(p.last_fetched_epoch),
-                        current_leader_epoch: (p.current_leader_epoch >= 0)
-                            .then_some(p.current_leader_epoch),
-                        max_bytes: p.max_bytes.max(0) as usize,
-                        max_wait_ms: max_wait_ms.max(0) as i64,
-                    };
-                    let mut response = ReplicaFetchPartitionResponse {
-                        topic: p.topic,
-                        partition: p.partition,
-                        error_code: errors::NONE,
-                        high_watermark: -1,
-                        log_start_offset: -1,
-                        log_end_offset: -1,
-                        diverging_epoch: None,
-                        flush_up_to: -1,
-                        records: Vec::new(),
-                    };
-                    match node.fetch(&tp, request).await {
-                        Ok(data) => {
-                            response.high_watermark = data.high_watermark;
-                            response.log_start_offset = data.log_start_offset;
-                            response.log_end_offset = data.log_end_offset;
-                            response.diverging_epoch =
-                                data.diverging_epoch.map(|d| EpochEndOffset {
-                                    epoch: d.epoch,
-                                    end_offset: d.end_offset,
-                                });
-                            response.flush_up_to = data.flush_up_to.unwrap_or(-1);
-                            response.records = data.records.to_vec();
-                        }
-                        Err(e) => response.error_code = read_error_code(&e),
-                    }
-                    response
-                }));
-            }
-            let mut partitions = Vec::new();
-            for call in calls {
-                if let Ok(response) = call.await {
-                    partitions.push(response);
-                }
-            }
-            TandemResponse::ReplicaFetch {
-                error_code: errors::NONE,
-                partitions,
             }
         }
         TandemRequest::ClusterStatus => {

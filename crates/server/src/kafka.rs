@@ -55,7 +55,7 @@ pub async fn handle(
         RequestKind::Produce(request) => {
             return produce(node, request).await.map(ResponseKind::Produce)
         }
-        RequestKind::Fetch(request) => ResponseKind::Fetch(fetch(node, request).await),
+        RequestKind::Fetch(request) => ResponseKind::Fetch(fetch(node, request, version).await),
         RequestKind::ListOffsets(request) => {
             ResponseKind::ListOffsets(list_offsets(node, request).await)
         }
@@ -369,7 +369,100 @@ async fn fetch_all(
     results
 }
 
-async fn fetch(node: &Arc<Node>, request: FetchRequest) -> FetchResponse {
+/// A follower's Fetch (replica id set): each partition is one long-polled fetch of the core,
+/// which learns the follower's LEO from the fetch offset and may answer with a diverging epoch.
+/// Tandem's extras ride in tagged fields (`tandem_protocol::fetch_tags`).
+async fn replica_fetch(node: &Arc<Node>, request: FetchRequest, version: i16) -> FetchResponse {
+    use tandem_protocol::fetch_tags;
+    let replica_id = request.replica_id.0;
+    let max_wait_ms = request.max_wait_ms.max(0) as i64;
+    let mut calls = Vec::new();
+    for topic in request.topics {
+        let name = topic.topic.0.to_string();
+        for partition in topic.partitions {
+            let tp = TopicPartition {
+                topic: name.clone(),
+                partition: partition.partition,
+            };
+            let fetch = types::FetchRequest {
+                replica_id: Some(replica_id),
+                fetch_offset: partition.fetch_offset,
+                last_fetched_epoch: (partition.last_fetched_epoch >= 0)
+                    .then_some(partition.last_fetched_epoch),
+                current_leader_epoch: (partition.current_leader_epoch >= 0)
+                    .then_some(partition.current_leader_epoch),
+                max_bytes: partition.partition_max_bytes.max(0) as usize,
+                max_wait_ms,
+            };
+            let node = Arc::clone(node);
+            calls.push(tokio::spawn(async move {
+                let result = if version < fetch_tags::REPLICA_FETCH_VERSION {
+                    // Without tagged fields a follower would miss flush requests.
+                    Err(errors::UNSUPPORTED_VERSION)
+                } else {
+                    fetch_one(&node, &tp, fetch).await
+                };
+                (tp, result)
+            }));
+        }
+    }
+    let mut by_topic: std::collections::BTreeMap<String, Vec<PartitionData>> = Default::default();
+    for call in calls {
+        let Ok((tp, result)) = call.await else {
+            continue;
+        };
+        let mut data = PartitionData::default()
+            .with_partition_index(tp.partition)
+            .with_preferred_read_replica(BrokerId(-1));
+        match result {
+            Ok(fetched) => {
+                data = data
+                    .with_high_watermark(fetched.high_watermark)
+                    .with_last_stable_offset(fetched.high_watermark)
+                    .with_log_start_offset(fetched.log_start_offset)
+                    .with_records(Some(fetched.records));
+                if let Some(diverging) = fetched.diverging_epoch {
+                    data = data.with_diverging_epoch(
+                        EpochEndOffset::default()
+                            .with_epoch(diverging.epoch)
+                            .with_end_offset(diverging.end_offset),
+                    );
+                }
+                data.unknown_tagged_fields.insert(
+                    fetch_tags::LOG_END_OFFSET,
+                    fetch_tags::encode_i64(fetched.log_end_offset),
+                );
+                if let Some(flush_up_to) = fetched.flush_up_to {
+                    data.unknown_tagged_fields
+                        .insert(fetch_tags::FLUSH_UP_TO, fetch_tags::encode_i64(flush_up_to));
+                }
+            }
+            Err(code) => {
+                data = data
+                    .with_error_code(code)
+                    .with_high_watermark(-1)
+                    .with_last_stable_offset(-1)
+                    .with_log_start_offset(-1)
+                    .with_records(Some(bytes::Bytes::new()));
+            }
+        }
+        by_topic.entry(tp.topic).or_default().push(data);
+    }
+    let responses = by_topic
+        .into_iter()
+        .map(|(name, partitions)| {
+            FetchableTopicResponse::default()
+                .with_topic(topic_name(&name))
+                .with_partitions(partitions)
+        })
+        .collect();
+    FetchResponse::default().with_responses(responses)
+}
+
+async fn fetch(node: &Arc<Node>, request: FetchRequest, version: i16) -> FetchResponse {
+    if request.replica_id.0 >= 0 {
+        return replica_fetch(node, request, version).await;
+    }
     // Both of Kafka's isolation levels read only below the HW here, as in Kafka without
     // transactions: READ_UNCOMMITTED differs only for aborted transactional data.
     let max_wait_ms = request.max_wait_ms.max(0) as i64;

@@ -8,6 +8,8 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::StreamExt;
+use kafka_protocol::messages::{ApiKey, RequestHeader, RequestKind, ResponseKind};
+use kafka_protocol::protocol::StrBytes;
 use parking_lot::Mutex;
 use tandem_protocol::{
     decode_tandem_response, encode_tandem_request, TandemRequest, TandemResponse,
@@ -29,7 +31,8 @@ const CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
 /// ended, or it would wait for an answer nobody will deliver (a peer killed with SIGKILL).
 #[derive(Default)]
 struct PendingState {
-    waiters: HashMap<i32, oneshot::Sender<TandemResponse>>,
+    /// The raw answer frame, by correlation id: the caller decodes it (Kafka or Tandem).
+    waiters: HashMap<i32, oneshot::Sender<Bytes>>,
     closed: bool,
 }
 
@@ -90,18 +93,15 @@ impl PeerClient {
             FramedRead::new(read, tandem_protocol::frame_codec(self.max_frame_bytes));
         let peer = address.to_string();
         tokio::spawn(async move {
+            // Kafka and Tandem answers both start with the correlation id.
             while let Some(Ok(frame)) = incoming.next().await {
-                match decode_tandem_response(frame.freeze()) {
-                    Ok((correlation_id, response)) => {
-                        if let Some(waiter) = reader_pending.lock().waiters.remove(&correlation_id)
-                        {
-                            let _ = waiter.send(response);
-                        }
-                    }
-                    Err(e) => {
-                        debug!(%peer, error = %e.kind, "dropping the connection: undecodable answer");
-                        break;
-                    }
+                let Some(id) = frame.get(..4) else {
+                    debug!(%peer, "dropping the connection: an answer without a correlation id");
+                    break;
+                };
+                let correlation_id = i32::from_be_bytes([id[0], id[1], id[2], id[3]]);
+                if let Some(waiter) = reader_pending.lock().waiters.remove(&correlation_id) {
+                    let _ = waiter.send(frame.freeze());
                 }
             }
             // Everyone still waiting learns the connection is gone, and nobody new waits on it.
@@ -116,18 +116,62 @@ impl PeerClient {
         Ok(connection)
     }
 
-    /// Sends one request and waits for its answer.
+    /// Sends one Tandem request and waits for its answer.
     pub async fn call(
         &self,
         address: &str,
         request: TandemRequest,
     ) -> Result<TandemResponse, Unreachable> {
+        let correlation_id = self.next_correlation.fetch_add(1, Ordering::Relaxed);
+        let frame = encode_tandem_request(correlation_id, &request);
+        let answer = self.exchange(address, correlation_id, frame).await?;
+        decode_tandem_response(answer)
+            .map(|(_, response)| response)
+            .map_err(|e| Unreachable {
+                address: address.to_string(),
+                reason: format!("undecodable answer: {}", e.kind),
+            })
+    }
+
+    /// Sends one Kafka request (this node acting as a Kafka client of another, as a follower
+    /// does with Fetch) and waits for its answer.
+    pub async fn call_kafka(
+        &self,
+        address: &str,
+        api_key: ApiKey,
+        api_version: i16,
+        body: RequestKind,
+    ) -> Result<ResponseKind, Unreachable> {
+        let bad = |reason: String| Unreachable {
+            address: address.to_string(),
+            reason,
+        };
+        let correlation_id = self.next_correlation.fetch_add(1, Ordering::Relaxed);
+        let header = RequestHeader::default()
+            .with_request_api_key(api_key as i16)
+            .with_request_api_version(api_version)
+            .with_correlation_id(correlation_id)
+            .with_client_id(Some(StrBytes::from_static_str("tandem-replica")));
+        let frame = tandem_protocol::encode_request(&header, &body)
+            .map_err(|e| bad(format!("cannot encode {api_key:?}: {e}")))?;
+        let answer = self.exchange(address, correlation_id, frame).await?;
+        tandem_protocol::decode_response(api_key, api_version, answer)
+            .map(|(_, response)| response)
+            .map_err(|e| bad(format!("undecodable answer: {}", e.kind)))
+    }
+
+    /// Sends a frame and waits for the frame that answers it.
+    async fn exchange(
+        &self,
+        address: &str,
+        correlation_id: i32,
+        frame: Bytes,
+    ) -> Result<Bytes, Unreachable> {
         let unreachable = |reason: &str| Unreachable {
             address: address.to_string(),
             reason: reason.to_string(),
         };
         let connection = self.connect(address).await?;
-        let correlation_id = self.next_correlation.fetch_add(1, Ordering::Relaxed);
         let (waiter, answer) = oneshot::channel();
         {
             let mut pending = connection.pending.lock();
@@ -138,13 +182,12 @@ impl PeerClient {
             }
             pending.waiters.insert(correlation_id, waiter);
         }
-        let frame = encode_tandem_request(correlation_id, &request);
         if connection.frames.send(frame).is_err() {
             self.connections.lock().remove(address);
             return Err(unreachable("connection closed"));
         }
         match tokio::time::timeout(CALL_TIMEOUT, answer).await {
-            Ok(Ok(response)) => Ok(response),
+            Ok(Ok(frame)) => Ok(frame),
             Ok(Err(_)) => {
                 self.connections.lock().remove(address);
                 Err(unreachable("connection closed"))

@@ -7,7 +7,7 @@ use openraft::BasicNode;
 use tandem_controller::network::{ControllerTransport, TransportError};
 use tandem_controller::{ControllerRequest, ControllerResponse};
 use tandem_protocol::errors;
-use tandem_protocol::{ReplicaFetchPartition, TandemRequest, TandemResponse};
+use tandem_protocol::{TandemRequest, TandemResponse};
 use tandem_replication::types::{DivergingEpoch, FetchData, FetchRequest, NodeId};
 use tandem_replication::ReadError;
 
@@ -80,26 +80,37 @@ impl Peers for TcpPeers {
         partition: TopicPartition,
         request: FetchRequest,
     ) -> BoxFuture<Result<FetchData<Bytes>, FetchFailure>> {
+        use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
+        use kafka_protocol::messages::{ApiKey, BrokerId, RequestKind, ResponseKind, TopicName};
+        use tandem_protocol::fetch_tags;
         let client = Arc::clone(&self.client);
         let replica_id = self.node_id;
         Box::pin(async move {
-            let call = TandemRequest::ReplicaFetch {
-                replica_id,
-                replica_epoch: -1,
-                max_wait_ms: request.max_wait_ms as i32,
-                min_bytes: 1,
-                max_bytes: request.max_bytes as i32,
-                partitions: vec![ReplicaFetchPartition {
-                    topic: partition.topic.clone(),
-                    partition: partition.partition,
-                    fetch_offset: request.fetch_offset,
-                    last_fetched_epoch: request.last_fetched_epoch.unwrap_or(-1),
-                    current_leader_epoch: request.current_leader_epoch.unwrap_or(-1),
-                    max_bytes: request.max_bytes as i32,
-                }],
-            };
+            // Kafka's own Fetch, as a follower (replica id set), at the version whose tagged
+            // fields carry Tandem's flush requests (DESIGN.md: followers replicate with Fetch).
+            let fetch = kafka_protocol::messages::FetchRequest::default()
+                .with_replica_id(BrokerId(replica_id))
+                .with_max_wait_ms(request.max_wait_ms as i32)
+                .with_min_bytes(1)
+                .with_max_bytes(request.max_bytes as i32)
+                .with_topics(vec![FetchTopic::default()
+                    .with_topic(TopicName(kafka_protocol::protocol::StrBytes::from_string(
+                        partition.topic.clone(),
+                    )))
+                    .with_partitions(vec![FetchPartition::default()
+                        .with_partition(partition.partition)
+                        .with_fetch_offset(request.fetch_offset)
+                        .with_last_fetched_epoch(request.last_fetched_epoch.unwrap_or(-1))
+                        .with_current_leader_epoch(request.current_leader_epoch.unwrap_or(-1))
+                        .with_log_start_offset(-1)
+                        .with_partition_max_bytes(request.max_bytes as i32)])]);
             let response = client
-                .call(&address, call)
+                .call_kafka(
+                    &address,
+                    ApiKey::Fetch,
+                    fetch_tags::REPLICA_FETCH_VERSION,
+                    RequestKind::Fetch(fetch),
+                )
                 .await
                 .map_err(FetchFailure::Unreachable)?;
             let unexpected = |reason: String| {
@@ -108,32 +119,39 @@ impl Peers for TcpPeers {
                     reason,
                 })
             };
-            let TandemResponse::ReplicaFetch {
-                error_code,
-                partitions,
-            } = response
-            else {
-                return Err(unexpected(format!("unexpected answer {response:?}")));
+            let ResponseKind::Fetch(response) = response else {
+                return Err(unexpected("not a Fetch answer".into()));
             };
-            if error_code != errors::NONE {
-                return Err(FetchFailure::Refused(read_error(error_code)));
+            if response.error_code != errors::NONE {
+                return Err(FetchFailure::Refused(read_error(response.error_code)));
             }
-            let Some(p) = partitions.into_iter().next() else {
+            let Some(p) = response
+                .responses
+                .into_iter()
+                .flat_map(|t| t.partitions)
+                .find(|p| p.partition_index == partition.partition)
+            else {
                 return Err(unexpected("no partition in the answer".into()));
             };
             if p.error_code != errors::NONE {
                 return Err(FetchFailure::Refused(read_error(p.error_code)));
             }
+            let tag = |t: i32| {
+                p.unknown_tagged_fields
+                    .get(&t)
+                    .and_then(|b| fetch_tags::decode_i64(b))
+            };
+            let diverging = (p.diverging_epoch.epoch >= 0).then_some(DivergingEpoch {
+                epoch: p.diverging_epoch.epoch,
+                end_offset: p.diverging_epoch.end_offset,
+            });
             Ok(FetchData {
                 high_watermark: p.high_watermark,
                 log_start_offset: p.log_start_offset,
-                log_end_offset: p.log_end_offset,
-                diverging_epoch: p.diverging_epoch.map(|d| DivergingEpoch {
-                    epoch: d.epoch,
-                    end_offset: d.end_offset,
-                }),
-                records: Bytes::from(p.records),
-                flush_up_to: (p.flush_up_to >= 0).then_some(p.flush_up_to),
+                log_end_offset: tag(fetch_tags::LOG_END_OFFSET).unwrap_or(p.high_watermark),
+                diverging_epoch: diverging,
+                records: p.records.unwrap_or_default(),
+                flush_up_to: tag(fetch_tags::FLUSH_UP_TO),
             })
         })
     }
