@@ -1209,31 +1209,60 @@ fn killing_the_active_controller_and_a_replica_leaves_the_rest_serving() {
     let mut cluster = Cluster::start_n(5);
     cluster.create_topic_with(topic, 5, 3, "2");
     let ids = cluster.ids();
+    // The active controller as most nodes believe it (each node's view is its last answer).
     let (controller, p, view) = wait_for(
-        "a partition led elsewhere with the controller as a follower",
+        "a partition with the active controller as a replica",
         || {
-            let controller = status(&cluster.address_of(1))?["active_controller"].as_i64()? as i32;
+            let mut votes: BTreeMap<i64, usize> = BTreeMap::new();
+            for id in &ids {
+                if let Some(c) =
+                    status(&cluster.address_of(*id)).and_then(|s| s["active_controller"].as_i64())
+                {
+                    *votes.entry(c).or_default() += 1;
+                }
+            }
+            let (controller, count) = votes.into_iter().max_by_key(|(_, n)| *n)?;
+            if count * 2 <= ids.len() {
+                return None;
+            }
+            let controller = controller as i32;
             (0..5).find_map(|p| {
                 let view = committed_view(&cluster, &ids, topic, p)?;
-                let fits = view.leader >= 0
-                    && view.leader != controller
-                    && view.replicas.contains(&controller)
-                    && view.isr.len() == 3;
+                let fits =
+                    view.leader >= 0 && view.replicas.contains(&controller) && view.isr.len() == 3;
                 fits.then_some((controller, p, view))
             })
         },
     );
-    let leader = view.leader;
-    let other = *view
+    // Kill the controller and one other replica; the third must lead and serve. (When the
+    // controller led the partition, this is also a leader kill.)
+    let others: Vec<i32> = view
         .replicas
         .iter()
-        .find(|r| **r != leader && **r != controller)
-        .expect("RF 3");
-    let address = cluster.address_of(leader);
+        .copied()
+        .filter(|r| *r != controller)
+        .collect();
+    let (other, leader) = if view.leader == controller {
+        (others[0], others[1])
+    } else {
+        (
+            *others.iter().find(|r| **r != view.leader).expect("RF 3"),
+            view.leader,
+        )
+    };
     assert_eq!(
-        raw_produce(&address, topic, p, -1, 10_000, "before").0,
+        raw_produce(
+            &cluster.address_of(view.leader),
+            topic,
+            p,
+            -1,
+            10_000,
+            "before"
+        )
+        .0,
         Ok(0)
     );
+    let address = cluster.address_of(leader);
     cluster.kill(controller);
     cluster.kill(other);
     // The survivors stay live under the new active controller, and the leader keeps leading
@@ -1244,7 +1273,7 @@ fn killing_the_active_controller_and_a_replica_leaves_the_rest_serving() {
         .filter(|id| *id != controller && *id != other)
         .collect();
     wait_for(
-        "the survivors live and the partition led by its old leader",
+        "the survivors live and the partition led by the surviving replica",
         || {
             let json = status(&cluster.address_of(leader))?;
             let live = json["nodes"]
