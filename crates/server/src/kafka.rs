@@ -369,23 +369,22 @@ async fn fetch_all(
     results
 }
 
-/// A follower's Fetch (replica id set): each partition is one long-polled fetch of the core,
-/// which learns the follower's LEO from the fetch offset and may answer with a diverging epoch.
-/// Tandem's extras ride in tagged fields (`tandem_protocol::fetch_tags`).
-async fn replica_fetch(node: &Arc<Node>, request: FetchRequest, version: i16) -> FetchResponse {
-    use tandem_protocol::fetch_tags;
-    let replica_id = request.replica_id.0;
-    let max_wait_ms = request.max_wait_ms.max(0) as i64;
-    let mut calls = Vec::new();
-    for topic in request.topics {
+/// Each partition a Fetch names, as a fetch of the core (`replica_id` set for a follower).
+fn wanted_partitions(
+    request: &FetchRequest,
+    replica_id: Option<i32>,
+    max_wait_ms: i64,
+) -> Vec<(TopicPartition, types::FetchRequest)> {
+    let mut wanted = Vec::new();
+    for topic in &request.topics {
         let name = topic.topic.0.to_string();
-        for partition in topic.partitions {
+        for partition in &topic.partitions {
             let tp = TopicPartition {
                 topic: name.clone(),
                 partition: partition.partition,
             };
             let fetch = types::FetchRequest {
-                replica_id: Some(replica_id),
+                replica_id,
                 fetch_offset: partition.fetch_offset,
                 last_fetched_epoch: (partition.last_fetched_epoch >= 0)
                     .then_some(partition.last_fetched_epoch),
@@ -394,23 +393,22 @@ async fn replica_fetch(node: &Arc<Node>, request: FetchRequest, version: i16) ->
                 max_bytes: partition.partition_max_bytes.max(0) as usize,
                 max_wait_ms,
             };
-            let node = Arc::clone(node);
-            calls.push(tokio::spawn(async move {
-                let result = if version < fetch_tags::REPLICA_FETCH_VERSION {
-                    // Without tagged fields a follower would miss flush requests.
-                    Err(errors::UNSUPPORTED_VERSION)
-                } else {
-                    fetch_one(&node, &tp, fetch).await
-                };
-                (tp, result)
-            }));
+            wanted.push((tp, fetch));
         }
     }
+    wanted
+}
+
+/// The Fetch response for these partitions' results. With `tandem_tags`, a follower also
+/// learns the leader's LEO and what to flush (`tandem_protocol::fetch_tags`).
+fn fetch_response(
+    wanted: Vec<(TopicPartition, types::FetchRequest)>,
+    results: Vec<FetchResult>,
+    tandem_tags: bool,
+) -> FetchResponse {
+    use tandem_protocol::fetch_tags;
     let mut by_topic: std::collections::BTreeMap<String, Vec<PartitionData>> = Default::default();
-    for call in calls {
-        let Ok((tp, result)) = call.await else {
-            continue;
-        };
+    for ((tp, _), result) in wanted.into_iter().zip(results) {
         let mut data = PartitionData::default()
             .with_partition_index(tp.partition)
             .with_preferred_read_replica(BrokerId(-1));
@@ -428,13 +426,15 @@ async fn replica_fetch(node: &Arc<Node>, request: FetchRequest, version: i16) ->
                             .with_end_offset(diverging.end_offset),
                     );
                 }
-                data.unknown_tagged_fields.insert(
-                    fetch_tags::LOG_END_OFFSET,
-                    fetch_tags::encode_i64(fetched.log_end_offset),
-                );
-                if let Some(flush_up_to) = fetched.flush_up_to {
-                    data.unknown_tagged_fields
-                        .insert(fetch_tags::FLUSH_UP_TO, fetch_tags::encode_i64(flush_up_to));
+                if tandem_tags {
+                    data.unknown_tagged_fields.insert(
+                        fetch_tags::LOG_END_OFFSET,
+                        fetch_tags::encode_i64(fetched.log_end_offset),
+                    );
+                    if let Some(flush_up_to) = fetched.flush_up_to {
+                        data.unknown_tagged_fields
+                            .insert(fetch_tags::FLUSH_UP_TO, fetch_tags::encode_i64(flush_up_to));
+                    }
                 }
             }
             Err(code) => {
@@ -460,34 +460,23 @@ async fn replica_fetch(node: &Arc<Node>, request: FetchRequest, version: i16) ->
 }
 
 async fn fetch(node: &Arc<Node>, request: FetchRequest, version: i16) -> FetchResponse {
+    let max_wait_ms = request.max_wait_ms.max(0) as i64;
     if request.replica_id.0 >= 0 {
-        return replica_fetch(node, request, version).await;
+        // A follower's Fetch: each partition is one long-polled fetch of the core, which
+        // learns the follower's LEO from the fetch offset and may answer with a diverging
+        // epoch. Below v12 there are no tagged fields to carry flush requests: refused.
+        let wanted = wanted_partitions(&request, Some(request.replica_id.0), max_wait_ms);
+        let results = if version < tandem_protocol::fetch_tags::REPLICA_FETCH_VERSION {
+            vec![Err(errors::UNSUPPORTED_VERSION); wanted.len()]
+        } else {
+            fetch_all(node, &wanted).await
+        };
+        return fetch_response(wanted, results, true);
     }
     // Both of Kafka's isolation levels read only below the HW here, as in Kafka without
     // transactions: READ_UNCOMMITTED differs only for aborted transactional data.
-    let max_wait_ms = request.max_wait_ms.max(0) as i64;
     let min_bytes = request.min_bytes.max(1) as usize;
-    let mut wanted = Vec::new();
-    for topic in request.topics {
-        let name = topic.topic.0.to_string();
-        for partition in topic.partitions {
-            let tp = TopicPartition {
-                topic: name.clone(),
-                partition: partition.partition,
-            };
-            let fetch = types::FetchRequest {
-                replica_id: None,
-                fetch_offset: partition.fetch_offset,
-                last_fetched_epoch: (partition.last_fetched_epoch >= 0)
-                    .then_some(partition.last_fetched_epoch),
-                current_leader_epoch: (partition.current_leader_epoch >= 0)
-                    .then_some(partition.current_leader_epoch),
-                max_bytes: partition.partition_max_bytes.max(0) as usize,
-                max_wait_ms: 0,
-            };
-            wanted.push((tp, fetch));
-        }
-    }
+    let wanted = wanted_partitions(&request, None, 0);
     // Kafka's rule: answer as soon as `min_bytes` are there, or an error, or after
     // `max_wait_ms`. First what every partition has now; then, if that is not enough, a long
     // poll on each that returns when enough has arrived *in total* — not when the slowest
@@ -518,46 +507,7 @@ async fn fetch(node: &Arc<Node>, request: FetchRequest, version: i16) -> FetchRe
             }
         }
     }
-    let mut by_topic: std::collections::BTreeMap<String, Vec<PartitionData>> = Default::default();
-    for ((tp, _), result) in wanted.into_iter().zip(results) {
-        let data = match result {
-            Ok(data) => {
-                let mut partition = PartitionData::default()
-                    .with_partition_index(tp.partition)
-                    .with_high_watermark(data.high_watermark)
-                    .with_last_stable_offset(data.high_watermark)
-                    .with_log_start_offset(data.log_start_offset)
-                    .with_preferred_read_replica(BrokerId(-1))
-                    .with_records(Some(data.records));
-                if let Some(diverging) = data.diverging_epoch {
-                    partition = partition.with_diverging_epoch(
-                        EpochEndOffset::default()
-                            .with_epoch(diverging.epoch)
-                            .with_end_offset(diverging.end_offset),
-                    );
-                }
-                partition
-            }
-            Err(code) => PartitionData::default()
-                .with_partition_index(tp.partition)
-                .with_error_code(code)
-                .with_high_watermark(-1)
-                .with_last_stable_offset(-1)
-                .with_log_start_offset(-1)
-                .with_preferred_read_replica(BrokerId(-1))
-                .with_records(Some(bytes::Bytes::new())),
-        };
-        by_topic.entry(tp.topic).or_default().push(data);
-    }
-    let responses = by_topic
-        .into_iter()
-        .map(|(name, partitions)| {
-            FetchableTopicResponse::default()
-                .with_topic(topic_name(&name))
-                .with_partitions(partitions)
-        })
-        .collect();
-    FetchResponse::default().with_responses(responses)
+    fetch_response(wanted, results, false)
 }
 
 /// Kafka's special timestamps in ListOffsets.
