@@ -14,6 +14,7 @@ use tandem_controller::{
     ControllerNode, ControllerRequest, ControllerResponse, CreateTopicRequest, QuorumConfig,
 };
 use tandem_replication::types::{Acks, Durability, FetchData, FetchRequest, ProduceRequest};
+use tandem_replication::ProduceError;
 use tandem_server::node::{BoxFuture, FetchFailure, Unreachable};
 use tandem_server::{Node, NodeConfig, Peers, TopicPartition};
 use tandem_storage::batch::split_batches;
@@ -25,6 +26,58 @@ const BOUND: Duration = Duration::from_secs(20);
 struct Router {
     nodes: RwLock<BTreeMap<String, Arc<Node>>>,
     voters: RwLock<BTreeMap<String, Arc<ControllerNode>>>,
+    /// Nodes whose calls to the controller fail (cut off from it, not from peers or clients).
+    cut_from_controller: RwLock<BTreeSet<String>>,
+}
+
+/// One node's view of the router: its controller calls fail while it is cut off.
+struct NodePeers {
+    router: Arc<Router>,
+    me: String,
+}
+
+impl Peers for NodePeers {
+    fn replica_fetch(
+        &self,
+        address: String,
+        partition: TopicPartition,
+        request: FetchRequest,
+    ) -> BoxFuture<Result<FetchData<Bytes>, FetchFailure>> {
+        self.router.replica_fetch(address, partition, request)
+    }
+
+    fn flush_report(
+        &self,
+        address: String,
+        partition: TopicPartition,
+        replica_id: i32,
+        leader_epoch: i32,
+        flushed_offset: i64,
+    ) -> BoxFuture<Result<(), Unreachable>> {
+        self.router
+            .flush_report(address, partition, replica_id, leader_epoch, flushed_offset)
+    }
+
+    fn controller(
+        &self,
+        address: String,
+        request: ControllerRequest,
+    ) -> BoxFuture<Result<ControllerResponse, Unreachable>> {
+        let router = Arc::clone(&self.router);
+        let me = self.me.clone();
+        Box::pin(async move {
+            let cut = |router: &Router| router.cut_from_controller.read().contains(&me);
+            if cut(&router) {
+                return Err(unreachable(&address));
+            }
+            let answer = router.controller(address.clone(), request).await;
+            // An answer to a call made before the cut (a long poll) is lost with the link.
+            if cut(&router) {
+                return Err(unreachable(&address));
+            }
+            answer
+        })
+    }
 }
 
 fn unreachable(address: &str) -> Unreachable {
@@ -133,7 +186,11 @@ impl Cluster {
             .write()
             .insert(address(id), Arc::clone(&voter));
         let config = NodeConfig::new(id, address(id), data_dir, self.voters.clone());
-        let node = Node::start(config, self.router.clone()).expect("node starts");
+        let peers = Arc::new(NodePeers {
+            router: Arc::clone(&self.router),
+            me: address(id),
+        });
+        let node = Node::start(config, peers).expect("node starts");
         self.router
             .nodes
             .write()
@@ -430,6 +487,55 @@ async fn a_follower_with_a_corrupt_tail_cuts_it_refetches_and_rejoins() {
     )
     .await;
     for (_, (node, voter)) in std::mem::take(&mut cluster.nodes) {
+        node.shutdown(false).await;
+        voter.shutdown().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_cut_off_from_the_controller_stops_taking_writes_when_its_lease_ends() {
+    // Rule 8: the leader still reaches its followers and clients, but not the controller,
+    // which elects a successor after the session timeout. The old leader never hears of it
+    // (metadata comes from the controller too); only its lapsed lease stops it.
+    let cluster = Cluster::start(3).await;
+    let (tp, leader) = cluster.replicated_topic("leased").await;
+    let node = Arc::clone(cluster.node(leader));
+    let acks_1 = |value: &str| ProduceRequest {
+        acks: Acks::Leader,
+        ..produce_request(value)
+    };
+    wait_until_async(|| {
+        let node = Arc::clone(&node);
+        let tp = tp.clone();
+        async move { node.produce(&tp, acks_1("before")).await.ok() }
+    })
+    .await;
+    cluster
+        .router
+        .cut_from_controller
+        .write()
+        .insert(address(leader));
+    let cut_at = Instant::now();
+    let refused = wait_until_async(|| {
+        let node = Arc::clone(&node);
+        let tp = tp.clone();
+        async move {
+            match node.produce(&tp, acks_1("during")).await {
+                Err(ProduceError::NotLeader { .. }) => Some(()),
+                _ => None,
+            }
+        }
+    });
+    refused.await;
+    let after = cut_at.elapsed();
+    eprintln!("the cut-off leader refused writes {after:?} after the cut");
+    // Lease 400 ms, counted from a heartbeat sent up to one interval (100 ms) before the cut;
+    // the controller's session timeout is 600 ms: the leader stops before a successor exists.
+    assert!(
+        after < Duration::from_millis(600),
+        "the cut-off leader took writes for {after:?}"
+    );
+    for (_, (node, voter)) in cluster.nodes.iter() {
         node.shutdown(false).await;
         voter.shutdown().await;
     }
