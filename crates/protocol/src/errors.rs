@@ -48,6 +48,27 @@ pub const INVALID_UPDATE_VERSION: i16 = 95;
 pub const UNKNOWN_TOPIC_ID: i16 = 100;
 pub const INELIGIBLE_REPLICA: i16 = 107;
 
+/// Tandem's own codes, beyond Kafka's, used only in answers under Tandem's API key.
+pub const CAS_MISMATCH: i16 = 1001;
+/// A read-your-writes token names a write that was truncated (an acks=1 write lost in a
+/// failover): the client must not be served a state without it.
+pub const TOKEN_TRUNCATED: i16 = 1002;
+/// A follower read's lag bound is not met here: ask another replica or the leader.
+pub const REPLICA_TOO_STALE: i16 = 1003;
+/// This replica has not applied the token's offset within the wait: ask the leader.
+pub const REPLICA_BEHIND: i16 = 1004;
+/// A key-value request for a topic that is not a table.
+pub const NOT_A_TABLE: i16 = 1005;
+
+/// Tandem's own codes, for documentation.
+pub const TANDEM_CODES: &[(&str, i16)] = &[
+    ("CAS_MISMATCH", CAS_MISMATCH),
+    ("TOKEN_TRUNCATED", TOKEN_TRUNCATED),
+    ("REPLICA_TOO_STALE", REPLICA_TOO_STALE),
+    ("REPLICA_BEHIND", REPLICA_BEHIND),
+    ("NOT_A_TABLE", NOT_A_TABLE),
+];
+
 /// Every named code, for documentation and the consistency test.
 pub const ALL: &[(&str, i16)] = &[
     ("UNKNOWN_SERVER_ERROR", UNKNOWN_SERVER_ERROR),

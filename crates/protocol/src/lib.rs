@@ -23,8 +23,9 @@ pub use kafka_protocol::messages::{
     ApiKey, ApiVersionsResponse, RequestHeader, RequestKind, ResponseKind,
 };
 pub use tandem::{
-    decode_tandem_response, encode_tandem_request, encode_tandem_response, Durability,
-    ParseDurabilityError, TandemRequest, TandemResponse, TANDEM_API_KEY, TANDEM_API_VERSION,
+    decode_tandem_response, encode_tandem_request, encode_tandem_response, ByteString, Durability,
+    KvEntry, KvOp, KvQuery, KvToken, ParseDurabilityError, ReadConsistency, TandemRequest,
+    TandemResponse, TANDEM_API_KEY, TANDEM_API_VERSION,
 };
 
 /// Kafka's default `socket.request.max.bytes`.

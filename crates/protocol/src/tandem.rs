@@ -76,6 +76,114 @@ pub enum TandemRequest {
     },
     /// The cluster's state as JSON, for `tandem status`.
     ClusterStatus,
+    /// A put, delete or compare-and-set on a table's partition (its leader decides).
+    KvWrite {
+        table: String,
+        partition: i32,
+        op: KvOp,
+        acks: i16,
+        durability: Durability,
+        timeout_ms: i32,
+        current_leader_epoch: Option<i32>,
+    },
+    /// A get or scan on a table's partition, at a chosen consistency.
+    KvRead {
+        table: String,
+        partition: i32,
+        query: KvQuery,
+        consistency: ReadConsistency,
+        /// How long a replica may wait to become fresh enough before answering
+        /// REPLICA_BEHIND (for `AtLeast`, or a new leader whose HW lags its epoch).
+        wait_ms: i32,
+    },
+}
+
+/// A write to a table.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum KvOp {
+    Put {
+        #[serde(with = "byte_vec")]
+        key: Vec<u8>,
+        #[serde(with = "byte_vec")]
+        value: Vec<u8>,
+    },
+    Delete {
+        #[serde(with = "byte_vec")]
+        key: Vec<u8>,
+    },
+    /// Writes `value` (`None`: deletes) only if the key's current version is `expected`
+    /// (`None`: the key is absent).
+    Cas {
+        #[serde(with = "byte_vec")]
+        key: Vec<u8>,
+        expected: Option<i64>,
+        value: Option<ByteString>,
+    },
+}
+
+impl KvOp {
+    pub fn key(&self) -> &[u8] {
+        match self {
+            KvOp::Put { key, .. } | KvOp::Delete { key } | KvOp::Cas { key, .. } => key,
+        }
+    }
+}
+
+/// A byte string inside an `Option` (postcard: one length-prefixed string).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ByteString(#[serde(with = "byte_vec")] pub Vec<u8>);
+
+/// A read of a table.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum KvQuery {
+    Get {
+        #[serde(with = "byte_vec")]
+        key: Vec<u8>,
+    },
+    /// Keys that start with `prefix`, from `from` (inclusive) to `to` (exclusive, `None`: no
+    /// end), at most `limit`, in key order.
+    Scan {
+        #[serde(with = "byte_vec")]
+        prefix: Vec<u8>,
+        #[serde(with = "byte_vec")]
+        from: Vec<u8>,
+        to: Option<ByteString>,
+        limit: u32,
+    },
+}
+
+/// How fresh a read must be (DESIGN.md "Key-value tables").
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ReadConsistency {
+    /// The leader, lease checked: sees every write acknowledged before the read.
+    Linearizable,
+    /// The leader, no lease check.
+    Leader,
+    /// Any replica, optionally within a lag bound.
+    Follower {
+        max_lag_offsets: Option<i64>,
+        max_lag_ms: Option<i64>,
+    },
+    /// Any replica that has applied the write this token names.
+    AtLeast(KvToken),
+}
+
+/// A write's offset and leader epoch: the version plus what detects a truncated write.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct KvToken {
+    pub offset: i64,
+    pub leader_epoch: i32,
+}
+
+/// One key's value in a read answer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KvEntry {
+    #[serde(with = "byte_vec")]
+    pub key: Vec<u8>,
+    #[serde(with = "byte_vec")]
+    pub value: Vec<u8>,
+    pub version: i64,
+    pub leader_epoch: i32,
 }
 
 /// A response under the Tandem API key.
@@ -99,6 +207,28 @@ pub enum TandemResponse {
     /// The request could not be served at all (e.g. UNSUPPORTED_VERSION, INVALID_REQUEST).
     Error {
         error_code: i16,
+        message: String,
+    },
+    KvWrite {
+        error_code: i16,
+        /// On success, the write's token: its offset (the new version) and leader epoch.
+        token: Option<KvToken>,
+        /// On CAS_MISMATCH: the key's current version (`None`: absent).
+        current_version: Option<i64>,
+        leader_hint: Option<i32>,
+        leader_epoch: Option<i32>,
+        message: String,
+    },
+    KvRead {
+        error_code: i16,
+        entries: Vec<KvEntry>,
+        /// A scan cut by its limit continues from this key.
+        next: Option<ByteString>,
+        /// The last offset the answering replica had applied: later reads that ask for at
+        /// least this token never see older state.
+        token: Option<KvToken>,
+        leader_hint: Option<i32>,
+        leader_epoch: Option<i32>,
         message: String,
     },
 }

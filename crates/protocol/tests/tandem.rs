@@ -37,6 +37,53 @@ fn requests() -> Vec<TandemRequest> {
             records: vec![],
         },
         TandemRequest::ClusterStatus,
+        TandemRequest::KvWrite {
+            table: "users".into(),
+            partition: 2,
+            op: KvOp::Cas {
+                key: b"alice".to_vec(),
+                expected: Some(41),
+                value: Some(ByteString(b"v2".to_vec())),
+            },
+            acks: -1,
+            durability: Durability::Flushed,
+            timeout_ms: 5_000,
+            current_leader_epoch: Some(3),
+        },
+        TandemRequest::KvWrite {
+            table: "users".into(),
+            partition: 0,
+            op: KvOp::Delete { key: vec![] },
+            acks: 1,
+            durability: Durability::Replicated,
+            timeout_ms: 0,
+            current_leader_epoch: None,
+        },
+        TandemRequest::KvRead {
+            table: "users".into(),
+            partition: 1,
+            query: KvQuery::Scan {
+                prefix: b"a".to_vec(),
+                from: b"ab".to_vec(),
+                to: Some(ByteString(b"b".to_vec())),
+                limit: 100,
+            },
+            consistency: ReadConsistency::AtLeast(KvToken {
+                offset: 17,
+                leader_epoch: 2,
+            }),
+            wait_ms: 500,
+        },
+        TandemRequest::KvRead {
+            table: "users".into(),
+            partition: 1,
+            query: KvQuery::Get { key: b"k".to_vec() },
+            consistency: ReadConsistency::Follower {
+                max_lag_offsets: Some(10),
+                max_lag_ms: None,
+            },
+            wait_ms: 0,
+        },
     ]
 }
 
@@ -55,6 +102,31 @@ fn responses() -> Vec<TandemResponse> {
         TandemResponse::Error {
             error_code: errors::INVALID_REQUEST,
             message: "nope".into(),
+        },
+        TandemResponse::KvWrite {
+            error_code: errors::CAS_MISMATCH,
+            token: None,
+            current_version: Some(12),
+            leader_hint: None,
+            leader_epoch: None,
+            message: "version 12, not 11".into(),
+        },
+        TandemResponse::KvRead {
+            error_code: 0,
+            entries: vec![KvEntry {
+                key: b"k".to_vec(),
+                value: vec![7; 300],
+                version: 5,
+                leader_epoch: 1,
+            }],
+            next: Some(ByteString(b"l".to_vec())),
+            token: Some(KvToken {
+                offset: 9,
+                leader_epoch: 1,
+            }),
+            leader_hint: Some(1),
+            leader_epoch: Some(1),
+            message: String::new(),
         },
     ]
 }
