@@ -71,7 +71,9 @@ mod tests {
     use super::*;
     use tandem_storage::BatchBuilder;
 
-    fn batch(base: i64, epoch: i32, records: &[(Option<&[u8]>, Option<&[u8]>)]) -> Vec<u8> {
+    type KeyValue<'a> = (Option<&'a [u8]>, Option<&'a [u8]>);
+
+    fn batch(base: i64, epoch: i32, records: &[KeyValue]) -> Vec<u8> {
         let mut b = BatchBuilder::new(1_000);
         for (k, v) in records {
             b.push(1_000, *k, *v);

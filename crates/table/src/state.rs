@@ -98,7 +98,7 @@ impl Table {
             let after_last = self
                 .uncommitted
                 .back()
-                .map_or(true, |w| write.offset > w.offset);
+                .is_none_or(|w| write.offset > w.offset);
             if write.offset >= self.applied && after_last {
                 self.uncommitted.push_back(write);
             }
