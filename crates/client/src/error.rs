@@ -76,6 +76,7 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 pub fn code_name(code: i16) -> &'static str {
     errors::ALL
         .iter()
+        .chain(errors::TANDEM_CODES)
         .find(|(_, c)| *c == code)
         .map_or("UNKNOWN_ERROR_CODE", |(n, _)| n)
 }

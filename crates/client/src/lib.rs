@@ -41,7 +41,9 @@
 //! - [`partitioner`]: Kafka's murmur2 for keys, sticky batching for unkeyed records;
 //! - [`accumulator`]: per-partition batches (linger, max bytes), sequence numbers stamped when
 //!   a batch leaves;
-//! - [`producer`], [`consumer`], [`metadata`], [`error`].
+//! - [`producer`], [`consumer`], [`metadata`], [`error`];
+//! - [`table`]: key-value tables (put, delete, compare-and-set, get, scan; read consistency
+//!   per request, sessions with read-your-writes).
 //!
 //! See docs/client.md for the retry and idempotence semantics.
 
@@ -53,6 +55,7 @@ pub mod error;
 pub mod metadata;
 pub mod partitioner;
 pub mod producer;
+pub mod table;
 
 pub use accumulator::{ProducerIdentity, TopicPartition};
 pub use client::{summarize, Client, ClientConfig, ClusterStatus, NewTopic, StatusSummary};

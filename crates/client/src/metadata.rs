@@ -131,6 +131,23 @@ impl ClusterMetadata {
         Some((leader, self.brokers.get(&leader)?.as_str(), p.leader_epoch))
     }
 
+    /// Any in-sync replica (leader included) with a known address, picked by `seed`: spreads
+    /// reads that any replica may answer.
+    pub fn any_replica(&self, topic: &str, partition: u32, seed: u64) -> Option<(i32, &str)> {
+        let p = self.partition(topic, partition)?;
+        let candidates: Vec<i32> = p
+            .isr
+            .iter()
+            .copied()
+            .filter(|r| self.brokers.contains_key(r))
+            .collect();
+        if candidates.is_empty() {
+            return self.leader(topic, partition).map(|(id, a, _)| (id, a));
+        }
+        let id = candidates[(seed % candidates.len() as u64) as usize];
+        Some((id, self.brokers.get(&id)?.as_str()))
+    }
+
     /// A follower in the ISR to read from (spread by partition), else the leader.
     pub fn read_replica(&self, topic: &str, partition: u32) -> Option<(i32, &str, i32)> {
         let p = self.partition(topic, partition)?;

@@ -59,6 +59,9 @@ pub const REPLICA_TOO_STALE: i16 = 1003;
 pub const REPLICA_BEHIND: i16 = 1004;
 /// A key-value request for a topic that is not a table.
 pub const NOT_A_TABLE: i16 = 1005;
+/// A key-value write reached the log but its outcome is unknown (it may still commit):
+/// the leader moved, the ISR shrank below min.insync, or the timeout passed after the append.
+pub const INDETERMINATE: i16 = 1006;
 
 /// Tandem's own codes, for documentation.
 pub const TANDEM_CODES: &[(&str, i16)] = &[
@@ -67,6 +70,7 @@ pub const TANDEM_CODES: &[(&str, i16)] = &[
     ("REPLICA_TOO_STALE", REPLICA_TOO_STALE),
     ("REPLICA_BEHIND", REPLICA_BEHIND),
     ("NOT_A_TABLE", NOT_A_TABLE),
+    ("INDETERMINATE", INDETERMINATE),
 ];
 
 /// Every named code, for documentation and the consistency test.

@@ -194,6 +194,34 @@ async fn tandem(
         TandemRequest::ClusterStatus => {
             TandemResponse::ClusterStatus(crate::status::cluster_json(node))
         }
+        TandemRequest::KvWrite {
+            table,
+            partition,
+            op,
+            acks,
+            durability,
+            timeout_ms,
+            current_leader_epoch,
+        } => {
+            crate::kv::write(
+                node,
+                table,
+                partition,
+                op,
+                acks,
+                durability,
+                timeout_ms,
+                current_leader_epoch,
+            )
+            .await
+        }
+        TandemRequest::KvRead {
+            table,
+            partition,
+            query,
+            consistency,
+            wait_ms,
+        } => crate::kv::read(node, table, partition, query, consistency, wait_ms).await,
     }
 }
 

@@ -598,6 +598,14 @@ fn topic_config(configs: &[(String, Option<String>)]) -> Result<(TopicConfig, To
                     ms => FlushPolicy::IntervalMs(ms.parse().map_err(|_| bad())?),
                 }
             }
+            // Kafka's compacted topics are Tandem's tables.
+            "cleanup.policy" => {
+                kind = match value.as_str() {
+                    "compact" => TopicKind::Table,
+                    "delete" => TopicKind::Log,
+                    _ => return Err(bad()),
+                }
+            }
             "tandem.kind" => {
                 kind = match value.as_str() {
                     "log" => TopicKind::Log,

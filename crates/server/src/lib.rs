@@ -10,6 +10,7 @@
 
 pub mod dispatch;
 pub mod kafka;
+pub mod kv;
 pub mod listener;
 pub mod local_state;
 pub mod node;
@@ -17,6 +18,7 @@ pub mod partition;
 pub mod peer_client;
 pub mod runtime;
 pub mod status;
+pub mod table;
 pub mod tcp_peers;
 
 pub use node::{Node, NodeConfig, Peers};

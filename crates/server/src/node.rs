@@ -34,11 +34,12 @@ use tandem_replication::types::{
 use tandem_replication::{IsrChangeError, ProduceError, ReadError};
 use tandem_storage::{DiskLog, Log, LogConfig};
 use tokio::sync::{mpsc, oneshot, watch};
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::partition::{
     Input, OffsetQuery, Outbound, PartitionHandle, PartitionStats, TopicPartition,
 };
+use crate::table::{ReadAnswer, TableQuery, TableReadError, TableWrite, TableWriteError, Written};
 
 pub type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
 
@@ -286,6 +287,14 @@ impl Node {
                 leader_epoch,
             });
         }
+        if self.is_table(&partition.topic) {
+            if let Err(reason) = tandem_table::check_table_batch(&request.records) {
+                debug!(partition = %partition, %reason, "produce to a table refused");
+                return Err(ProduceError::InvalidRequest(
+                    "records for a table need a key each and no compression",
+                ));
+            }
+        }
         let acks_none = request.acks == tandem_replication::types::Acks::None;
         let (reply, answer) = oneshot::channel();
         let sent = self.send_to(
@@ -311,6 +320,82 @@ impl Node {
         answer
             .await
             .unwrap_or_else(|_| Err(ProduceError::Storage("the replica stopped".into())))
+    }
+
+    /// Is this topic a key-value table?
+    pub fn is_table(&self, topic: &str) -> bool {
+        let (_, metadata) = self.metadata();
+        topic_kind_is_table(&metadata, topic)
+    }
+
+    /// A put, delete or compare-and-set on a table partition this node should lead.
+    pub async fn table_write(
+        &self,
+        partition: &TopicPartition,
+        write: TableWrite,
+        acks: tandem_replication::types::Acks,
+        durability: tandem_replication::types::Durability,
+        timeout_ms: i64,
+        current_leader_epoch: Option<i32>,
+    ) -> Result<Written, TableWriteError> {
+        // Rule 8, as for any produce.
+        if !self.has_lease() {
+            let (leader, leader_epoch) = self.not_leader_hint(partition);
+            return Err(ProduceError::NotLeader {
+                leader,
+                leader_epoch,
+            }
+            .into());
+        }
+        let (reply, answer) = oneshot::channel();
+        let input = Input::KvWrite {
+            write,
+            acks,
+            durability,
+            timeout_ms,
+            current_leader_epoch,
+            reply,
+        };
+        if !self.send_to(partition, input) {
+            let (leader, leader_epoch) = self.not_leader_hint(partition);
+            return Err(ProduceError::NotLeader {
+                leader,
+                leader_epoch,
+            }
+            .into());
+        }
+        answer
+            .await
+            .unwrap_or_else(|_| Err(ProduceError::Storage("the replica stopped".into()).into()))
+    }
+
+    /// A get or scan on a table partition this node holds a replica of.
+    pub async fn table_read(
+        &self,
+        partition: &TopicPartition,
+        query: TableQuery,
+        consistency: tandem_table::Consistency,
+        wait: Duration,
+    ) -> Result<ReadAnswer, TableReadError> {
+        let (reply, answer) = oneshot::channel();
+        let input = Input::KvRead {
+            query,
+            consistency,
+            has_lease: self.has_lease(),
+            wait,
+            reply,
+        };
+        if !self.send_to(partition, input) {
+            return Err(tandem_table::ReadError::NotLeader.into());
+        }
+        answer
+            .await
+            .unwrap_or_else(|_| Err(TableReadError::Storage("the replica stopped".into())))
+    }
+
+    /// Who leads the partition, in which epoch, as this node last heard.
+    pub fn leader_of(&self, partition: &TopicPartition) -> (Option<NodeId>, i32) {
+        self.not_leader_hint(partition)
     }
 
     /// A fetch from a consumer or a follower.
@@ -661,11 +746,19 @@ impl Node {
                 if let Err(e) = std::fs::remove_dir_all(&dir) {
                     warn!(node = me, dir = %dir.display(), error = %e, "could not delete the replica's log");
                 }
+                if let Some(tables) = self.table_snapshot_path(&tp).parent() {
+                    if tables.exists() {
+                        if let Err(e) = std::fs::remove_dir_all(tables) {
+                            warn!(node = me, dir = %tables.display(), error = %e, "could not delete the table snapshot");
+                        }
+                    }
+                }
             }
         }
         for (tp, (topic_id, index, config, state)) in assigned {
             if !replicas.contains_key(&tp) {
-                match self.open_replica(&tp, &config) {
+                let is_table = topic_kind_is_table(&metadata, &tp.topic);
+                match self.open_replica(&tp, &config, is_table) {
                     Ok(handle) => {
                         replicas.insert(
                             tp.clone(),
@@ -714,11 +807,18 @@ impl Node {
         &self,
         tp: &TopicPartition,
         config: &tandem_controller::TopicConfig,
+        is_table: bool,
     ) -> Result<PartitionHandle, tandem_storage::StorageError> {
+        // A table keeps every key's latest record: retention would delete live keys, so a
+        // table's log is only ever compacted.
         let log_config = LogConfig {
             flush: config.flush.into(),
-            retention_ms: config.retention_ms,
-            retention_bytes: config.retention_bytes,
+            retention_ms: if is_table { None } else { config.retention_ms },
+            retention_bytes: if is_table {
+                None
+            } else {
+                config.retention_bytes
+            },
             max_batch_bytes: config.max_message_bytes as usize,
             ..LogConfig::default()
         };
@@ -732,8 +832,17 @@ impl Node {
             self.config.node_id,
             replica_config,
             log,
+            is_table.then(|| self.table_snapshot_path(tp)),
             self.outbound.clone(),
         )
+    }
+
+    fn table_snapshot_path(&self, tp: &TopicPartition) -> PathBuf {
+        self.config
+            .data_dir
+            .join("tables")
+            .join(tp.to_string())
+            .join("snapshot")
     }
 
     fn address_of(&self, node_id: NodeId) -> Option<String> {
@@ -967,4 +1076,10 @@ fn process_id() -> u128 {
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_nanos());
     nanos ^ ((std::process::id() as u128) << 96)
+}
+
+fn topic_kind_is_table(metadata: &tandem_controller::model::Metadata, topic: &str) -> bool {
+    metadata
+        .topic_by_name(topic)
+        .is_some_and(|t| t.kind == tandem_controller::model::TopicKind::Table)
 }

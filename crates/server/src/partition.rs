@@ -23,13 +23,19 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use tandem_replication::event::{Action, Event};
 use tandem_replication::types::{
-    FetchData, FetchId, FetchRequest, Isolation, NodeId, ProduceOk, ProduceRequest, ReplicaConfig,
-    RequestId,
+    Acks, Durability, FetchData, FetchId, FetchRequest, Isolation, NodeId, ProduceOk,
+    ProduceRequest, ReplicaConfig, RequestId,
 };
 use tandem_replication::{driver, ProduceError, ReadError, Replica};
 use tandem_storage::{Log, StorageError};
+use tandem_table::read::{Consistency, Token};
 use tokio::sync::oneshot;
 use tracing::{debug, warn};
+
+use crate::table::{
+    ReadReply, TableQuery, TableReadError, TableRuntime, TableWrite, TableWriteError, WriteReply,
+    Written,
+};
 
 /// How often the core hears the time pass: bounds how late a long poll, a timeout or an ISR
 /// shrink can be.
@@ -104,6 +110,24 @@ pub enum Input {
         current_leader_epoch: Option<i32>,
         reply: OffsetReply,
     },
+    /// A put, delete or compare-and-set on a table partition.
+    KvWrite {
+        write: TableWrite,
+        acks: Acks,
+        durability: Durability,
+        timeout_ms: i64,
+        current_leader_epoch: Option<i32>,
+        reply: WriteReply,
+    },
+    /// A get or scan on a table partition.
+    KvRead {
+        query: TableQuery,
+        consistency: Consistency,
+        /// The node held its lease when the read arrived (rule 8, for linearizable reads).
+        has_lease: bool,
+        wait: Duration,
+        reply: ReadReply,
+    },
     /// Checkpoint the HW, flush, and stop the thread.
     Shutdown,
 }
@@ -126,15 +150,21 @@ pub struct PartitionHandle {
 }
 
 impl PartitionHandle {
-    /// Starts the partition's thread over `log`, rebuilding the core's model from it.
+    /// Starts the partition's thread over `log`, rebuilding the core's model from it. A table
+    /// partition (`table_snapshot`: where its snapshot lives) also loads its table.
     pub fn start(
         partition: TopicPartition,
         node_id: NodeId,
         config: ReplicaConfig,
         log: Arc<dyn Log>,
+        table_snapshot: Option<std::path::PathBuf>,
         outbound: tokio::sync::mpsc::UnboundedSender<Outbound>,
     ) -> Result<PartitionHandle, StorageError> {
         let (local_log, high_watermark) = driver::recover(&*log)?;
+        let table = match table_snapshot {
+            Some(path) => Some(TableRuntime::load(&*log, path, high_watermark)?),
+            None => None,
+        };
         let replica = Replica::new(node_id, config, local_log, high_watermark);
         let stats = Arc::new(PartitionStats::default());
         let (input, inbox) = mpsc::channel();
@@ -147,7 +177,9 @@ impl PartitionHandle {
             started: Instant::now(),
             next_request: 0,
             produces: BTreeMap::new(),
+            table_writes: BTreeMap::new(),
             fetches: BTreeMap::new(),
+            table,
             last_checkpoint: Instant::now(),
             checkpointed_high_watermark: high_watermark,
         };
@@ -198,7 +230,11 @@ struct Runner {
     started: Instant,
     next_request: u64,
     produces: BTreeMap<RequestId, ProduceReply>,
+    /// Table writes waiting for their acks, with the epoch they were appended in.
+    table_writes: BTreeMap<RequestId, (WriteReply, i32)>,
     fetches: BTreeMap<RequestId, FetchReply>,
+    /// Set for a table partition.
+    table: Option<TableRuntime>,
     last_checkpoint: Instant,
     checkpointed_high_watermark: i64,
 }
@@ -224,9 +260,16 @@ impl Runner {
                 if self.last_checkpoint.elapsed() >= HW_CHECKPOINT_INTERVAL {
                     self.checkpoint_high_watermark();
                 }
+                if let Some(table) = &mut self.table {
+                    table.maybe_snapshot(&self.replica, &*self.log, false);
+                }
             }
         }
         self.checkpoint_high_watermark();
+        if let Some(table) = &mut self.table {
+            table.maybe_snapshot(&self.replica, &*self.log, true);
+            table.shut_down();
+        }
         if let Err(e) = self.log.close() {
             warn!(partition = %self.partition, error = %e, "flushing the log at shutdown failed");
         }
@@ -237,6 +280,11 @@ impl Runner {
         for (_, reply) in std::mem::take(&mut self.fetches) {
             let _ = reply.send(Err(ReadError::Storage("the replica stopped".into())));
         }
+        for (_, (reply, _)) in std::mem::take(&mut self.table_writes) {
+            let _ = reply.send(Err(
+                ProduceError::Storage("the replica stopped".into()).into()
+            ));
+        }
     }
 
     fn request_id(&mut self) -> RequestId {
@@ -246,7 +294,18 @@ impl Runner {
 
     fn handle(&mut self, input: Input) {
         match input {
-            Input::Event(event) => self.step(event),
+            Input::Event(event) => {
+                if let (
+                    Some(table),
+                    Event::FetchResponse {
+                        response: Ok(data), ..
+                    },
+                ) = (&mut self.table, &event)
+                {
+                    table.on_leader_log_end_offset(data.log_end_offset);
+                }
+                self.step(event)
+            }
             Input::Produce { request, reply } => {
                 let id = self.request_id();
                 if let Some(reply) = reply {
@@ -266,8 +325,90 @@ impl Runner {
             } => {
                 let _ = reply.send(self.list_offset(query, current_leader_epoch));
             }
+            Input::KvWrite {
+                write,
+                acks,
+                durability,
+                timeout_ms,
+                current_leader_epoch,
+                reply,
+            } => self.table_write(
+                write,
+                acks,
+                durability,
+                timeout_ms,
+                current_leader_epoch,
+                reply,
+            ),
+            Input::KvRead {
+                query,
+                consistency,
+                has_lease,
+                wait,
+                reply,
+            } => match &mut self.table {
+                Some(table) => {
+                    table.read(&self.replica, query, consistency, has_lease, wait, reply)
+                }
+                None => {
+                    let _ = reply.send(Err(TableReadError::NotATable(format!(
+                        "{} is not a table",
+                        self.partition.topic
+                    ))));
+                }
+            },
             Input::Shutdown => {}
         }
+    }
+
+    /// A table write: decided (for a compare-and-set) against the latest appended state,
+    /// then produced like any batch, acknowledged per its acks.
+    fn table_write(
+        &mut self,
+        write: TableWrite,
+        acks: Acks,
+        durability: Durability,
+        timeout_ms: i64,
+        current_leader_epoch: Option<i32>,
+        reply: WriteReply,
+    ) {
+        let Some(table) = &mut self.table else {
+            let _ = reply.send(Err(TableWriteError::NotATable(format!(
+                "{} is not a table",
+                self.partition.topic
+            ))));
+            return;
+        };
+        let reply = match write.expected {
+            Some(expected) => {
+                let timeout = Duration::from_millis(timeout_ms.max(0) as u64);
+                match table.decide_cas(&self.replica, &write.key, expected, timeout, reply) {
+                    Some(reply) => reply,
+                    None => return, // answered, or parked until the HW decides
+                }
+            }
+            None => reply,
+        };
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as i64);
+        let mut batch = tandem_storage::BatchBuilder::new(now);
+        batch.push(now, Some(&write.key), write.value.as_deref());
+        let request = ProduceRequest {
+            acks,
+            durability,
+            timeout_ms,
+            current_leader_epoch,
+            records: batch.build(),
+        };
+        let id = self.request_id();
+        if acks == Acks::None {
+            let _ = reply.send(Ok(Written { token: None }));
+        } else {
+            self.table_writes
+                .insert(id, (reply, self.replica.leader_epoch()));
+        }
+        self.step(Event::Produce { id, request });
     }
 
     fn list_offset(
@@ -300,12 +441,22 @@ impl Runner {
         while let Some(event) = events.pop_front() {
             let now = self.now_ms();
             for action in self.replica.step(now, event) {
-                if let Some(report) = driver::perform(&*self.log, &action) {
-                    events.push_back(report);
-                    continue;
+                let report = driver::perform(&*self.log, &action);
+                if let Some(table) = &mut self.table {
+                    let failed = matches!(report, Some(Event::LogFailed { .. }));
+                    table.on_log_action(&action, failed);
+                    // The table follows the HW before any reply leaves: a client that got
+                    // its ack and then reads sees its write.
+                    table.commit_to(self.replica.high_watermark());
                 }
-                self.deliver(action);
+                match report {
+                    Some(report) => events.push_back(report),
+                    None => self.deliver(action),
+                }
             }
+        }
+        if let Some(table) = &mut self.table {
+            table.after_step(&self.replica, &*self.log);
         }
         self.publish_stats();
     }
@@ -352,6 +503,17 @@ impl Runner {
             Action::CompleteProduce { id, result } => {
                 if let Some(reply) = self.produces.remove(&id) {
                     let _ = reply.send(result);
+                } else if let Some((reply, leader_epoch)) = self.table_writes.remove(&id) {
+                    let _ = reply.send(
+                        result
+                            .map(|ok| Written {
+                                token: Some(Token {
+                                    offset: ok.base_offset,
+                                    leader_epoch,
+                                }),
+                            })
+                            .map_err(TableWriteError::from),
+                    );
                 }
             }
             Action::ProposeIsr {

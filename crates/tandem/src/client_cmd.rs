@@ -196,7 +196,7 @@ pub struct StatusArgs {
     pub connect: Connect,
 }
 
-fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+pub(crate) fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -204,7 +204,7 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
         .context("starting the async runtime")
 }
 
-async fn connect(connect: &Connect) -> anyhow::Result<Client> {
+pub(crate) async fn connect(connect: &Connect) -> anyhow::Result<Client> {
     let addresses: Vec<String> = connect
         .bootstrap
         .split(',')

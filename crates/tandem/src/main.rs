@@ -1,6 +1,7 @@
 //! The `tandem` binary: one executable for the server, the local cluster and every tool.
 
 mod client_cmd;
+mod kv_cmd;
 mod log_cmd;
 mod server_cmd;
 
@@ -19,6 +20,8 @@ Examples:
   tandem topic create events --partitions 3 --replication-factor 3 --min-insync 2
   seq 1 10 | tandem produce events
   tandem consume events --from-beginning --max 10
+  tandem topic create users --config tandem.kind=table
+  tandem kv put users alice admin && tandem kv get users alice
   tandem status
 
 Client commands reach the cluster through --bootstrap or TANDEM_BOOTSTRAP (default
@@ -45,6 +48,8 @@ enum Command {
     Produce(client_cmd::ProduceArgs),
     /// Print a topic's records, from an offset, until --max records, a silence, or Ctrl-C.
     Consume(client_cmd::ConsumeArgs),
+    /// Key-value tables: put, get, del, cas, scan.
+    Kv(kv_cmd::KvArgs),
     /// The cluster at a glance: nodes, active controller, partitions, lag (or --json).
     Status(client_cmd::StatusArgs),
     /// Run the deterministic simulation: `--seeds N | --duration SECS`, `--seed S` to replay
@@ -81,6 +86,7 @@ fn main() -> ExitCode {
         Command::Produce(args) => client_cmd::produce(args),
         Command::Consume(args) => client_cmd::consume(args),
         Command::Status(args) => client_cmd::status(args),
+        Command::Kv(args) => kv_cmd::run(args),
     };
     match result {
         Ok(code) => code,

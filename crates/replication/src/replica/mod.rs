@@ -198,6 +198,13 @@ impl Replica {
     pub fn leader_epoch(&self) -> i32 {
         self.partition.as_ref().map_or(-1, |p| p.leader_epoch)
     }
+    /// On the leader, the first offset of its epoch (`None` off the leader).
+    pub fn epoch_start_offset(&self) -> Option<i64> {
+        match &self.role {
+            Role::Leader(l) => Some(l.epoch_start_offset),
+            _ => None,
+        }
+    }
     pub fn failure(&self) -> Option<&str> {
         self.failure.as_deref()
     }
