@@ -48,7 +48,8 @@ pub struct WriteOptions {
 
 #[derive(Args, Clone)]
 pub struct ReadOptions {
-    /// linearizable, leader, follower, or session (follower with this command's tokens).
+    /// linearizable, leader or follower (any replica, maybe stale; see --max-lag-*). For
+    /// read-your-writes across commands, pass the token a write printed with --at-least.
     #[arg(long, default_value = "linearizable")]
     pub consistency: String,
     /// With --consistency follower: refuse replicas further behind than this.
