@@ -10,6 +10,9 @@
 # installed into a venv under the cargo target dir. Each is installed only if missing, so a
 # second run costs a few stat calls. An install that fails does not stop the suite: the compat
 # tests then fail loudly, naming what is missing (the rest of the suite is unaffected).
+#
+# The dashboard's browser test (crates/tandem/tests/dashboard.rs) drives Debian's chromium
+# through chromedriver (package chromium-driver), installed the same way when missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -30,6 +33,16 @@ install_kcat() {
     export DEBIAN_FRONTEND=noninteractive
     "${sudo[@]}" apt-get update -qq >>"$install_log" 2>&1 &&
         "${sudo[@]}" apt-get install -y -qq kcat >>"$install_log" 2>&1
+}
+
+install_browser() {
+    command -v chromium >/dev/null 2>&1 && command -v chromedriver >/dev/null 2>&1 && return 0
+    local sudo=()
+    [ "$(id -u)" = 0 ] || sudo=(sudo -n)
+    echo "dashboard test: installing chromium and chromium-driver (Debian)" >&2
+    export DEBIAN_FRONTEND=noninteractive
+    "${sudo[@]}" apt-get update -qq >>"$install_log" 2>&1 &&
+        "${sudo[@]}" apt-get install -y -qq chromium chromium-driver >>"$install_log" 2>&1
 }
 
 install_python_clients() {
@@ -56,11 +69,15 @@ if [ ${#compat_failed[@]} -gt 0 ]; then
     echo "compat: could not install ${compat_failed[*]} (see $install_log); the compat tests will fail" >&2
     export TANDEM_COMPAT_INSTALL_FAILED="${compat_failed[*]} (see $install_log)"
 fi
+if ! install_browser; then
+    echo "dashboard test: could not install chromium/chromium-driver (see $install_log); the browser test will fail" >&2
+    export TANDEM_BROWSER_INSTALL_FAILED="chromium chromium-driver (see $install_log)"
+fi
 # The compat tests find the clients here (and fall back to the same paths when run alone).
 export TANDEM_COMPAT_PYTHON="$venv/bin/python"
 
 if [ "${1:-}" = "--install-only" ]; then
-    [ ${#compat_failed[@]} -eq 0 ]
+    [ ${#compat_failed[@]} -eq 0 ] && [ -z "${TANDEM_BROWSER_INSTALL_FAILED:-}" ]
     exit
 fi
 cargo test --workspace --locked "$@"

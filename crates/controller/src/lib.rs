@@ -7,6 +7,7 @@
 //!  model          Metadata, MetadataRecord, MetadataBatch: the replicated state, applied
 //!                 deterministically and all-or-nothing
 //!  controller     ActiveController: events + metadata + time -> Decision { records, reply }
+//!  counters       what the active controller did (elections, fencings, ISR changes), for metrics
 //!  lease          LeaderLease: the partition leader's side of rule 8
 //!  raft_types     openraft type configuration
 //!  log_store      the Raft log and vote on a tandem-storage log
@@ -18,6 +19,7 @@
 //! ```
 
 pub mod controller;
+pub mod counters;
 pub mod lease;
 pub mod local_network;
 pub mod log_store;
@@ -33,6 +35,7 @@ pub use controller::{
     Decision, FenceReason, HeartbeatReply, HeartbeatRequest, IsrMember, RegisterReply,
     RegisterRequest, ReplicaLeo, Report,
 };
+pub use counters::ControllerCounters;
 pub use lease::LeaderLease;
 pub use model::{
     Metadata, MetadataBatch, MetadataRecord, NodeId, NodeStatus, PartitionState, Topic,

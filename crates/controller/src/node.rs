@@ -25,6 +25,7 @@ use tandem_storage::Directory;
 use tracing::{info, warn};
 
 use crate::controller::{ActiveController, ControllerConfig, ControllerError, Decision, Report};
+use crate::counters::{ChangeCounts, ControllerCounters};
 use crate::log_store::{OpenError, RaftLogConfig, RaftLogStore};
 use crate::model::{Metadata, MetadataBatch};
 use crate::network::{ControllerTransport, RaftNetworkAdapter};
@@ -105,6 +106,8 @@ pub struct ControllerNode {
     /// The origin of `now_ms`: a monotonic clock.
     started: Instant,
     stop: tokio::sync::watch::Sender<bool>,
+    /// What this voter did while active, for metrics.
+    counters: ControllerCounters,
 }
 
 impl ControllerNode {
@@ -172,6 +175,7 @@ impl ControllerNode {
             config,
             started: Instant::now(),
             stop,
+            counters: ControllerCounters::default(),
         });
         tokio::spawn(drive(Arc::downgrade(&node), stop_rx));
         Ok(node)
@@ -193,6 +197,11 @@ impl ControllerNode {
     /// The voter this one believes leads the quorum.
     pub fn current_leader(&self) -> Option<RaftNodeId> {
         self.raft.metrics().borrow().current_leader
+    }
+
+    /// What this voter decided while it was the active controller (committed changes only).
+    pub fn counters(&self) -> &ControllerCounters {
+        &self.counters
     }
 
     /// Is this voter the active controller now?
@@ -302,6 +311,9 @@ impl ControllerNode {
         if active.term != Some(term) {
             info!(node = self.id, term, "became the active controller");
             active.term = Some(term);
+            self.counters
+                .became_active
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             active.core = ActiveController::new(self.config.controller.clone());
         }
         Ok(&mut active.core)
@@ -342,6 +354,7 @@ impl ControllerNode {
             log_reports(reports);
             return Ok(());
         }
+        let counts = ChangeCounts::of(&self.metadata.get().1, &records, reports);
         let bound = Duration::from_millis(self.config.commit_timeout_ms);
         let Ok(written) =
             tokio::time::timeout(bound, self.raft.client_write(MetadataBatch { records })).await
@@ -354,6 +367,7 @@ impl ControllerNode {
         match written {
             Ok(response) => match response.data {
                 ApplyOutcome::Applied => {
+                    self.counters.add(&counts);
                     log_reports(reports);
                     Ok(())
                 }

@@ -54,7 +54,7 @@ pub mod types;
 pub use error::{IsrChangeError, ProduceError, ReadError};
 pub use event::{Action, Event};
 pub use local_log::LocalLog;
-pub use replica::{Replica, RoleKind};
+pub use replica::{FollowerLag, Replica, RoleKind};
 pub use types::{
     Acks, DivergingEpoch, Durability, FetchData, FetchId, FetchRequest, Isolation, IsrState,
     NodeId, PartitionState, ProduceOk, ProduceRequest, ReadRange, ReplicaConfig, RequestId,

@@ -7,12 +7,18 @@
 //! - [`listener`], [`dispatch`], [`kafka`]: the TCP listener, Kafka's APIs and Tandem's key.
 //! - [`peer_client`], [`tcp_peers`]: calls to other nodes and controller voters over TCP.
 //! - [`runtime`]: one server process, start to controlled stop.
+//! - [`admin`], [`metrics`], [`events`], [`metered_log`]: the admin HTTP listener (`/metrics`,
+//!   `/api/*`, the dashboard) and what it shows (docs/observability.md).
 
+pub mod admin;
 pub mod dispatch;
+pub mod events;
 pub mod kafka;
 pub mod kv;
 pub mod listener;
 pub mod local_state;
+pub mod metered_log;
+pub mod metrics;
 pub mod node;
 pub mod partition;
 pub mod peer_client;

@@ -97,6 +97,9 @@ pub struct NodeConfig {
     pub metadata_wait_ms: u32,
     /// Pause before retrying a controller call that found no active controller.
     pub controller_retry_ms: u64,
+    /// host:port of this node's admin HTTP listener, registered so that `tandem status` and
+    /// dashboards find every node's (docs/observability.md).
+    pub admin_address: Option<String>,
 }
 
 impl NodeConfig {
@@ -123,6 +126,7 @@ impl NodeConfig {
             },
             metadata_wait_ms: 1_000,
             controller_retry_ms: 50,
+            admin_address: None,
         }
     }
 }
@@ -161,9 +165,14 @@ pub struct Node {
     outbound: mpsc::UnboundedSender<Outbound>,
     /// The voter believed to be the active controller.
     active_controller: Mutex<Option<u64>>,
+    /// The last active controller known (for the timeline: `active_controller` is `None`
+    /// while a call retries).
+    last_known_controller: Mutex<Option<u64>>,
     /// Woken to fetch metadata now (a partition saw a newer epoch).
     metadata_nudge: tokio::sync::Notify,
     stopping: watch::Sender<bool>,
+    /// Metrics, event timeline, throughput history (metrics.rs).
+    observability: Arc<crate::metrics::Observability>,
 }
 
 impl Node {
@@ -193,9 +202,12 @@ impl Node {
             replicas: RwLock::new(BTreeMap::new()),
             outbound,
             active_controller: Mutex::new(None),
+            last_known_controller: Mutex::new(None),
             metadata_nudge: tokio::sync::Notify::new(),
             stopping,
+            observability: Arc::new(crate::metrics::Observability::new()),
         });
+        tokio::spawn(Arc::clone(&node.observability).sample_throughput(node.stopping.subscribe()));
         tokio::spawn(Arc::clone(&node).session_loop());
         tokio::spawn(Arc::clone(&node).metadata_loop());
         tokio::spawn(Arc::clone(&node).dispatch_loop(outbound_rx));
@@ -216,6 +228,11 @@ impl Node {
 
     fn stopped(&self) -> bool {
         *self.stopping.borrow()
+    }
+
+    /// Metrics, event timeline and throughput history of this node.
+    pub fn observability(&self) -> &crate::metrics::Observability {
+        &self.observability
     }
 
     /// The committed metadata this node acts on, and its version.
@@ -274,6 +291,30 @@ impl Node {
 
     /// A produce for a partition this node should lead.
     pub async fn produce(
+        &self,
+        partition: &TopicPartition,
+        request: ProduceRequest,
+    ) -> Result<ProduceOk, ProduceError> {
+        let started = Instant::now();
+        let (bytes, records) = (request.records.len() as u64, record_count(&request.records));
+        let result = self.produce_unmetered(partition, request).await;
+        let metrics = &self.observability.metrics;
+        metrics
+            .produce_seconds
+            .observe(started.elapsed().as_secs_f64());
+        let outcome = if result.is_ok() { "ok" } else { "error" };
+        metrics
+            .produce_requests
+            .get_or_create(&[("result", outcome)])
+            .inc();
+        if result.is_ok() {
+            metrics.produce_bytes.inc_by(bytes);
+            metrics.produce_records.inc_by(records);
+        }
+        result
+    }
+
+    async fn produce_unmetered(
         &self,
         partition: &TopicPartition,
         request: ProduceRequest,
@@ -404,6 +445,15 @@ impl Node {
         partition: &TopicPartition,
         request: FetchRequest,
     ) -> Result<FetchData<Bytes>, ReadError> {
+        let started = Instant::now();
+        let kind = [(
+            "kind",
+            if request.replica_id.is_some() {
+                "follower"
+            } else {
+                "consumer"
+            },
+        )];
         let (reply, answer) = oneshot::channel();
         if !self.send_to(partition, Input::Fetch { request, reply }) {
             let (leader, leader_epoch) = self.not_leader_hint(partition);
@@ -412,9 +462,21 @@ impl Node {
                 leader_epoch,
             });
         }
-        answer
+        let result = answer
             .await
-            .unwrap_or_else(|_| Err(ReadError::Storage("the replica stopped".into())))
+            .unwrap_or_else(|_| Err(ReadError::Storage("the replica stopped".into())));
+        let metrics = &self.observability.metrics;
+        metrics
+            .fetch_seconds
+            .get_or_create(&kind)
+            .observe(started.elapsed().as_secs_f64());
+        if let Ok(data) = &result {
+            metrics
+                .fetch_bytes
+                .get_or_create(&kind)
+                .inc_by(data.records.len() as u64);
+        }
+        result
     }
 
     pub async fn list_offset(
@@ -525,6 +587,7 @@ impl Node {
                 Ok(response) => match not_controller_hint(&response) {
                     None => {
                         *self.active_controller.lock() = Some(target);
+                        self.note_active_controller(target);
                         return Ok(response);
                     }
                     Some(hint) => {
@@ -546,16 +609,50 @@ impl Node {
         }
     }
 
+    /// Records a change of the active controller in the timeline (this node's view: the voter
+    /// that answered it last; unknown spells in between are not changes).
+    fn note_active_controller(&self, now: u64) {
+        let mut last = self.last_known_controller.lock();
+        if *last != Some(now) {
+            if let Some(before) = *last {
+                let event = crate::events::Event::controller_changed(before, now);
+                self.record_events(self.metadata().0, vec![event]);
+            }
+            *last = Some(now);
+        }
+    }
+
+    fn record_events(&self, version: u64, events: Vec<crate::events::Event>) {
+        let now = crate::metrics::unix_ms();
+        for event in events {
+            self.observability
+                .metrics
+                .cluster_events
+                .get_or_create(&[("kind", event.kind)])
+                .inc();
+            self.observability.events.push(now, version, event);
+        }
+    }
+
     async fn register(&self) -> Option<u64> {
         let (host, port) = split_address(&self.config.advertised_address);
+        let mut addresses = vec![Endpoint {
+            listener: "tandem".into(),
+            host,
+            port,
+        }];
+        if let Some(admin) = &self.config.admin_address {
+            let (host, port) = split_address(admin);
+            addresses.push(Endpoint {
+                listener: "admin".into(),
+                host,
+                port,
+            });
+        }
         let request = RegisterRequest {
             node_id: self.config.node_id,
             process_id: self.process_id,
-            addresses: vec![Endpoint {
-                listener: "tandem".into(),
-                host,
-                port,
-            }],
+            addresses,
             rack: None,
             previous_shutdown_clean: self.local_state.previous_shutdown_clean,
             lost_data: self.local_state.lost_data,
@@ -720,7 +817,14 @@ impl Node {
     /// Starts replicas newly assigned here, stops those no longer assigned, and gives every
     /// local replica its partition state: act only on committed metadata (rule 5).
     fn apply_metadata(&self, version: u64, metadata: Arc<Metadata>) {
-        *self.metadata.write() = (version, Arc::clone(&metadata));
+        let previous = std::mem::replace(
+            &mut *self.metadata.write(),
+            (version, Arc::clone(&metadata)),
+        );
+        // The timeline (events.rs). The first metadata of this process is the baseline.
+        if previous.0 > 0 {
+            self.record_events(version, crate::events::diff(&previous.1, &metadata));
+        }
         let me = self.config.node_id;
         let mut replicas = self.replicas.write();
         let mut assigned = BTreeMap::new();
@@ -822,7 +926,10 @@ impl Node {
             max_batch_bytes: config.max_message_bytes as usize,
             ..LogConfig::default()
         };
-        let log: Arc<dyn Log> = Arc::new(DiskLog::open_path(self.log_dir(tp), log_config)?);
+        let log: Arc<dyn Log> = Arc::new(crate::metered_log::MeteredLog::new(
+            DiskLog::open_path(self.log_dir(tp), log_config)?,
+            self.observability.metrics.storage.clone(),
+        ));
         let mut replica_config = self.config.replica.clone();
         replica_config.max_batch_bytes = config.max_message_bytes as usize;
         replica_config.flush_after_append =
@@ -1060,6 +1167,17 @@ fn unexpected(response: ControllerResponse) -> ControllerError {
 
 fn debug_unexpected(response: &ControllerResponse) {
     tracing::debug!(answer = ?response, "unexpected controller answer");
+}
+
+/// The records in a produced batch (v2 header), 0 if it is too short to say.
+fn record_count(batch: &[u8]) -> u64 {
+    use tandem_storage::batch::{HEADER_LEN, RECORD_COUNT_OFFSET};
+    if batch.len() < HEADER_LEN {
+        return 0;
+    }
+    let mut count = [0u8; 4];
+    count.copy_from_slice(&batch[RECORD_COUNT_OFFSET..RECORD_COUNT_OFFSET + 4]);
+    i32::from_be_bytes(count).max(0) as u64
 }
 
 fn split_address(address: &str) -> (String, u16) {

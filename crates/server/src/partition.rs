@@ -139,6 +139,8 @@ pub struct PartitionStats {
     pub log_end_offset: AtomicI64,
     pub log_start_offset: AtomicI64,
     pub leader_epoch: AtomicI64,
+    /// On the leader, each follower's lag (metrics, admin API); empty elsewhere.
+    pub followers: parking_lot::Mutex<Vec<tandem_replication::FollowerLag>>,
 }
 
 /// A running partition replica.
@@ -551,6 +553,11 @@ impl Runner {
         self.stats
             .leader_epoch
             .store(self.replica.leader_epoch() as i64, Ordering::Relaxed);
+        let followers = self.replica.follower_lags();
+        let mut published = self.stats.followers.lock();
+        if *published != followers {
+            *published = followers;
+        }
     }
 
     fn checkpoint_high_watermark(&mut self) {

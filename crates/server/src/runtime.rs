@@ -26,6 +26,9 @@ pub struct ServerConfig {
     /// Controller voters: id -> host:port.
     pub voters: BTreeMap<u64, String>,
     pub max_frame_bytes: usize,
+    /// Where the admin HTTP listener (/metrics, /api/*, the dashboard) binds; `None`: no
+    /// admin listener.
+    pub admin_listen: Option<SocketAddr>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -69,6 +72,18 @@ pub async fn run(config: ServerConfig, mut stop: watch::Receiver<bool>) -> Resul
         move |source| ServerError::DataDir { path, source }
     };
     std::fs::create_dir_all(&config.data_dir).map_err(data_dir_error(&config.data_dir))?;
+    let admin_listener = match config.admin_listen {
+        Some(address) => Some(
+            tokio::net::TcpListener::bind(address)
+                .await
+                .map_err(|source| ServerError::Bind { address, source })?,
+        ),
+        None => None,
+    };
+    let admin_address = admin_listener
+        .as_ref()
+        .and_then(|l| l.local_addr().ok())
+        .map(|bound| admin_advertised(bound, &advertised));
     let client = Arc::new(PeerClient::new(config.max_frame_bytes));
     let voter = if config.voters.contains_key(&(config.node_id as u64)) {
         let controller_dir = config.data_dir.join("controller");
@@ -85,12 +100,13 @@ pub async fn run(config: ServerConfig, mut stop: watch::Receiver<bool>) -> Resul
     } else {
         None
     };
-    let node_config = NodeConfig::new(
+    let mut node_config = NodeConfig::new(
         config.node_id,
         advertised.clone(),
         config.data_dir.clone(),
         config.voters.clone(),
     );
+    node_config.admin_address = admin_address.clone();
     let node = Node::start(
         node_config,
         Arc::new(TcpPeers::new(Arc::clone(&client), config.node_id)),
@@ -102,8 +118,26 @@ pub async fn run(config: ServerConfig, mut stop: watch::Receiver<bool>) -> Resul
         max_frame_bytes: config.max_frame_bytes,
     });
     let (stop_listening, listening) = watch::channel(false);
+    let admin_serving = admin_listener.map(|admin_listener| {
+        let admin = Arc::new(crate::admin::Admin {
+            node: Arc::clone(&node),
+            voter: voter.clone(),
+            client: Arc::clone(&client),
+        });
+        tokio::spawn(crate::admin::serve(
+            admin_listener,
+            admin,
+            listening.clone(),
+        ))
+    });
     let serving = tokio::spawn(listener::serve(listener, services, listening));
     info!(node = config.node_id, %advertised, voter = voter.is_some(), "node started");
+    if let Some(admin) = &admin_address {
+        info!(
+            node = config.node_id,
+            "admin: dashboard http://{admin}/ metrics http://{admin}/metrics"
+        );
+    }
     let _ = stop.wait_for(|s| *s).await;
     info!(node = config.node_id, "stopping: moving leaderships away");
     node.shutdown(true).await;
@@ -112,6 +146,36 @@ pub async fn run(config: ServerConfig, mut stop: watch::Receiver<bool>) -> Resul
     }
     stop_listening.send_replace(true);
     let _ = serving.await;
+    if let Some(admin_serving) = admin_serving {
+        // A dashboard's keep-alive connection must not hold the stop up.
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(1), admin_serving).await;
+    }
     info!(node = config.node_id, "stopped");
     Ok(())
+}
+
+/// The admin address others should use: the bound one, with the advertised host when bound to
+/// every interface (0.0.0.0 or ::).
+fn admin_advertised(bound: SocketAddr, advertised: &str) -> String {
+    if !bound.ip().is_unspecified() {
+        return bound.to_string();
+    }
+    let host = advertised
+        .rsplit_once(':')
+        .map_or(advertised, |(host, _)| host);
+    format!("{host}:{}", bound.port())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_admin_address_takes_the_advertised_host_when_bound_to_every_interface() {
+        let any = "0.0.0.0:8080".parse().unwrap();
+        assert_eq!(super::admin_advertised(any, "host-a:9092"), "host-a:8080");
+        let loopback = "127.0.0.1:8081".parse().unwrap();
+        assert_eq!(
+            super::admin_advertised(loopback, "host-a:9092"),
+            "127.0.0.1:8081"
+        );
+    }
 }

@@ -85,6 +85,7 @@ async fn bad_frames_close_only_their_connection() {
         data_dir: dir.path().to_path_buf(),
         voters: BTreeMap::from([(1, address.to_string())]),
         max_frame_bytes: 64 * 1024,
+        admin_listen: None,
     };
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let server = tokio::spawn(runtime::run(config, stopped));

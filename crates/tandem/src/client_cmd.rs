@@ -2,7 +2,6 @@
 //! `status`.
 //! Each one connects through `--bootstrap` (or `TANDEM_BOOTSTRAP`) with tandem-client.
 
-use std::collections::BTreeMap;
 use std::io::Write;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
@@ -82,6 +81,9 @@ tandem.flush (always | never | <ms>), tandem.kind (log | table).")]
     #[command(after_help = "Example:\n  tandem topic describe events")]
     Describe {
         name: String,
+        /// A node's admin HTTP address (see `tandem status --help`).
+        #[arg(long, env = "TANDEM_ADMIN", value_name = "HOST:PORT")]
+        admin: Option<String>,
         #[command(flatten)]
         connect: Connect,
     },
@@ -179,6 +181,10 @@ Examples:
   tandem status              # nodes, active controller, partitions, lag; a summary line
   tandem status --json | jq '.partitions[] | select(.under_min_isr)'
   tandem status --summary
+  tandem status --admin 127.0.0.1:10092   # read http://127.0.0.1:10092/api/cluster directly
+
+It reads the merged cluster view from a node's admin API (/api/cluster): from --admin
+(TANDEM_ADMIN), else from the admin address the --bootstrap node reports for itself or another.
 
 Exit code: 0 when every partition has a leader and at least min.insync.replicas in its ISR,
 1 when some partition is offline or under min ISR, 2 when the cluster cannot be reached.";
@@ -192,6 +198,10 @@ pub struct StatusArgs {
     /// Only the one-line summary.
     #[arg(long)]
     pub summary: bool,
+    /// A node's admin HTTP address (host:port, comma separated for several) to read
+    /// /api/cluster from; default: the admin address the --bootstrap node reports.
+    #[arg(long, env = "TANDEM_ADMIN", value_name = "HOST:PORT")]
+    pub admin: Option<String>,
     #[command(flatten)]
     pub connect: Connect,
 }
@@ -243,9 +253,12 @@ pub fn topic(args: TopicArgs) -> anyhow::Result<ExitCode> {
                 client.create_topic(topic).await?;
                 println!("created topic {name} ({partitions} partitions)");
             }
-            TopicCommand::Describe { name, connect: c } => {
-                let client = connect(&c).await?;
-                let view = gather_status(&client).await?;
+            TopicCommand::Describe {
+                name,
+                admin,
+                connect: c,
+            } => {
+                let view = gather_status(&c, admin.as_deref()).await?;
                 return describe_topic(&view, &name);
             }
             TopicCommand::Delete { name, connect: c } => {
@@ -431,8 +444,7 @@ async fn consume_records(args: &ConsumeArgs, from: StartOffset) -> anyhow::Resul
 
 pub fn status(args: StatusArgs) -> anyhow::Result<ExitCode> {
     runtime()?.block_on(async move {
-        let client = connect(&args.connect).await?;
-        let view = gather_status(&client).await?;
+        let view = gather_status(&args.connect, args.admin.as_deref()).await?;
         let summary = tandem_client::summarize(&view.json);
         let line = format!("{summary} (as seen by {})", view.answered_by);
         if args.json {
@@ -452,95 +464,66 @@ pub fn status(args: StatusArgs) -> anyhow::Result<ExitCode> {
     })
 }
 
-/// The cluster status merged from every node's own view: the base is the view with the newest
-/// metadata; each partition gains `high_watermark` (its leader's) and `replica_offsets` (each
-/// replica's HW, LEO and lag behind the leader's LEO, as that replica reported them).
+/// The cluster status: every node's own view merged by a node's admin API (`/api/cluster`,
+/// docs/observability.md): the newest metadata, each partition's leader HW and each replica's
+/// offsets and lag.
 struct StatusView {
     answered_by: String,
     json: serde_json::Value,
 }
 
-async fn gather_status(client: &Client) -> anyhow::Result<StatusView> {
-    use serde_json::{json, Value};
-    let first = client
-        .cluster_status()
-        .await
-        .context("asking the cluster for its status")?;
-    let mut views: BTreeMap<i64, (String, Value)> = BTreeMap::new();
-    let mut tasks = tokio::task::JoinSet::new();
-    for node in first.json["nodes"].as_array().into_iter().flatten() {
-        let (Some(id), Some(address)) = (node["id"].as_i64(), node["address"].as_str()) else {
-            continue;
-        };
-        let client = client.clone();
-        let address = address.to_string();
-        tasks.spawn(async move {
-            let answer =
-                tokio::time::timeout(Duration::from_secs(3), client.cluster_status_at(&address))
-                    .await;
-            (id, address, answer)
-        });
-    }
-    while let Some(joined) = tasks.join_next().await {
-        if let Ok((id, address, Ok(Ok(status)))) = joined {
-            // Trust a view only for the node it says it is.
-            if status.json["node"].as_i64() == Some(id) {
-                views.insert(id, (address, status.json));
-            }
-        }
-    }
-    if let Some(id) = first.json["node"].as_i64() {
-        views
-            .entry(id)
-            .or_insert_with(|| (first.answered_by.clone(), first.json.clone()));
-    }
-    let (answered_by, mut base) = views
-        .values()
-        .max_by_key(|(_, v)| v["metadata_version"].as_u64().unwrap_or(0))
-        .cloned()
-        .unwrap_or((first.answered_by.clone(), first.json.clone()));
-    // What node `id` reports about its own replica of topic-partition.
-    let local = |id: i64, topic: &str, partition: i64| -> Option<(i64, i64)> {
-        let (_, view) = views.get(&id)?;
-        let p = view["partitions"].as_array()?.iter().find(|p| {
-            p["topic"].as_str() == Some(topic) && p["partition"].as_i64() == Some(partition)
-        })?;
-        let l = &p["local"];
-        Some((l["high_watermark"].as_i64()?, l["log_end_offset"].as_i64()?))
-    };
-    if let Some(partitions) = base["partitions"].as_array_mut() {
-        for p in partitions {
-            let topic = p["topic"].as_str().unwrap_or_default().to_string();
-            let index = p["partition"].as_i64().unwrap_or(-1);
-            let leader_offsets = p["leader"].as_i64().and_then(|l| local(l, &topic, index));
-            let replicas: Vec<i64> = p["replicas"]
+/// How long `/api/cluster` may take (it asks every node, each bounded below a second).
+const ADMIN_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Reads `/api/cluster` from `--admin` (comma separated: the first that answers), or else from
+/// the admin addresses the nodes registered, asked of the `--bootstrap` node (its own first).
+async fn gather_status(c: &Connect, admin: Option<&str>) -> anyhow::Result<StatusView> {
+    let candidates: Vec<String> = match admin {
+        Some(list) => list
+            .split(',')
+            .map(str::trim)
+            .filter(|a| !a.is_empty())
+            .map(String::from)
+            .collect(),
+        None => {
+            let client = connect(c).await?;
+            let first = client
+                .cluster_status()
+                .await
+                .context("asking the cluster for its status")?;
+            let answering = first.json["node"].as_i64();
+            let mut nodes: Vec<&serde_json::Value> = first.json["nodes"]
                 .as_array()
                 .into_iter()
                 .flatten()
-                .filter_map(Value::as_i64)
                 .collect();
-            let offsets: Vec<Value> = replicas
+            nodes.sort_by_key(|n| n["id"].as_i64() != answering);
+            let addresses: Vec<String> = nodes
                 .iter()
-                .map(|&r| match local(r, &topic, index) {
-                    Some((hw, leo)) => json!({
-                        "id": r,
-                        "high_watermark": hw,
-                        "log_end_offset": leo,
-                        "lag": leader_offsets.map(|(_, leader_leo)| (leader_leo - leo).max(0)),
-                    }),
-                    None => json!({ "id": r, "reported": false }),
-                })
+                .filter_map(|n| n["admin_address"].as_str().map(String::from))
                 .collect();
-            p["high_watermark"] = json!(leader_offsets.map(|(hw, _)| hw));
-            p["replica_offsets"] = json!(offsets);
+            if addresses.is_empty() {
+                bail!(
+                    "no node of the cluster at {} serves the admin API (start nodes with --admin-listen, or pass --admin)",
+                    c.bootstrap
+                );
+            }
+            addresses
+        }
+    };
+    let mut errors = Vec::new();
+    for address in &candidates {
+        match crate::http::get(address, "/api/cluster", ADMIN_TIMEOUT).await {
+            Ok(text) => {
+                let json: serde_json::Value = serde_json::from_str(&text)
+                    .with_context(|| format!("http://{address}/api/cluster is not JSON"))?;
+                let answered_by = json["answered_by"].as_str().unwrap_or(address).to_string();
+                return Ok(StatusView { answered_by, json });
+            }
+            Err(e) => errors.push(format!("{e:#}")),
         }
     }
-    base["answered_by"] = json!(answered_by);
-    base["views_from"] = json!(views.keys().collect::<Vec<_>>());
-    Ok(StatusView {
-        answered_by,
-        json: base,
-    })
+    bail!("no admin API answered: {}", errors.join("; "))
 }
 
 fn ids(value: &serde_json::Value) -> String {

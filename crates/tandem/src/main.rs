@@ -1,6 +1,7 @@
 //! The `tandem` binary: one executable for the server, the local cluster and every tool.
 
 mod client_cmd;
+mod http;
 mod kv_cmd;
 mod log_cmd;
 mod server_cmd;

@@ -45,6 +45,10 @@ pub struct ServerArgs {
     /// Largest request frame accepted.
     #[arg(long, default_value_t = tandem_protocol::DEFAULT_MAX_FRAME_BYTES)]
     pub max_frame_bytes: usize,
+    /// Serve the admin HTTP API here: /metrics, /api/cluster, the dashboard at / (default:
+    /// none). Registered with the controller, so `tandem status` finds it.
+    #[arg(long, value_name = "HOST:PORT")]
+    pub admin_listen: Option<SocketAddr>,
 }
 
 fn parse_voters(text: &str) -> Result<BTreeMap<u64, String>, String> {
@@ -75,6 +79,7 @@ pub fn server(args: ServerArgs) -> anyhow::Result<ExitCode> {
         data_dir: args.data_dir,
         voters: args.voters,
         max_frame_bytes: args.max_frame_bytes,
+        admin_listen: args.admin_listen,
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -116,7 +121,9 @@ Examples:
   tandem dev --nodes 1 --base-port 19092      # one node on 127.0.0.1:19092
   tandem dev --data-dir /tmp/t --no-restart   # elsewhere; a node that dies stays down
 
-While it runs, tandem-data/cluster.json lists each node's id, pid, address and data dir:
+Node i's dashboard, /metrics and /api are on 127.0.0.1:(base port + 1000 + i - 1), e.g.
+http://127.0.0.1:10092/ (--admin-base-port to move them).
+While it runs, tandem-data/cluster.json lists each node's id, pid, addresses and data dir:
   kill -9 $(jq '.nodes[0].pid' tandem-data/cluster.json)   # node 1 dies, dev restarts it
 Node logs: tandem-data/node-<id>.log. Ctrl-C or SIGTERM stops every node cleanly; running it
 again reuses the data.";
@@ -141,12 +148,18 @@ pub struct DevArgs {
     /// keeps dying within 10 s of its start).
     #[arg(long, default_value_t = 1_000)]
     pub restart_delay_ms: u64,
+    /// Node i serves its admin HTTP API and dashboard on 127.0.0.1:(admin_base_port + i - 1)
+    /// [default: base_port + 1000].
+    #[arg(long)]
+    pub admin_base_port: Option<u16>,
 }
 
 /// One supervised node.
 struct DevNode {
     id: u16,
     address: String,
+    /// Its admin HTTP listener (dashboard, /metrics, /api).
+    admin_address: String,
     data_dir: PathBuf,
     log: PathBuf,
     child: Option<Child>,
@@ -192,6 +205,7 @@ impl Dev {
             .arg("server")
             .args(["--id", &node.id.to_string()])
             .args(["--listen", &node.address])
+            .args(["--admin-listen", &node.admin_address])
             .arg("--data-dir")
             .arg(&node.data_dir)
             .args(["--voters", &self.voters])
@@ -227,6 +241,8 @@ impl Dev {
                     "id": n.id,
                     "pid": n.pid(),
                     "address": n.address,
+                    "admin_address": n.admin_address,
+                    "dashboard": format!("http://{}/", n.admin_address),
                     "data_dir": n.data_dir,
                     "log": n.log,
                     "running": n.child.is_some(),
@@ -240,6 +256,7 @@ impl Dev {
             "dev_pid": std::process::id(),
             "data_dir": self.data_dir,
             "bootstrap": bootstrap.join(","),
+            "dashboard": self.nodes.first().map(|n| format!("http://{}/", n.admin_address)),
             "nodes": nodes,
         });
         let tmp = self.cluster_json.with_extension("json.tmp");
@@ -429,11 +446,27 @@ pub fn dev(args: DevArgs) -> anyhow::Result<ExitCode> {
         }
     }
     let address = |i: u16| format!("127.0.0.1:{}", args.base_port as u32 + i as u32 - 1);
+    let admin_base = args
+        .admin_base_port
+        .map_or(args.base_port as u32 + 1000, u32::from);
+    if admin_base == 0 || admin_base + args.nodes as u32 - 1 > u16::MAX as u32 {
+        bail!(
+            "--admin-base-port {admin_base} leaves no room for {} nodes",
+            args.nodes
+        );
+    }
+    let admin_address = |i: u16| format!("127.0.0.1:{}", admin_base + i as u32 - 1);
     for i in 1..=args.nodes {
         if let Err(e) = TcpListener::bind(address(i)) {
             bail!(
                 "{} is not free ({e}): another tandem or Kafka running? pick other ports with --base-port",
                 address(i)
+            );
+        }
+        if let Err(e) = TcpListener::bind(admin_address(i)) {
+            bail!(
+                "{} (admin) is not free ({e}): pick other ports with --admin-base-port",
+                admin_address(i)
             );
         }
     }
@@ -451,6 +484,7 @@ pub fn dev(args: DevArgs) -> anyhow::Result<ExitCode> {
             .map(|i| DevNode {
                 id: i,
                 address: address(i),
+                admin_address: admin_address(i),
                 data_dir: data_dir.join(format!("node-{i}")),
                 log: data_dir.join(format!("node-{i}.log")),
                 child: None,
@@ -565,9 +599,10 @@ fn print_banner(dev: &Dev, shown_dir: &Path, reused: bool, no_restart: bool) {
     for n in &dev.nodes {
         let _ = writeln!(
             out,
-            "  node {}  {}  pid {}  log {}",
+            "  node {}  {}  admin {}  pid {}  log {}",
             n.id,
             n.address,
+            n.admin_address,
             n.pid().map_or("-".into(), |p| p.to_string()),
             shown_dir.join(format!("node-{}.log", n.id)).display()
         );
@@ -578,6 +613,13 @@ fn print_banner(dev: &Dev, shown_dir: &Path, reused: bool, no_restart: bool) {
         shown_dir.join("cluster.json").display()
     );
     let _ = writeln!(out, "  bootstrap servers: {bootstrap}");
+    if let Some(first) = dev.nodes.first() {
+        let _ = writeln!(
+            out,
+            "  dashboard: http://{}/   (every node serves one; metrics at /metrics, JSON at /api/cluster)",
+            first.admin_address
+        );
+    }
     let _ = writeln!(out);
     let _ = writeln!(out, "Next steps, in another terminal:");
     let _ = writeln!(out, "  export TANDEM_BOOTSTRAP={bootstrap}");

@@ -126,6 +126,7 @@ impl Dev {
             .arg("--data-dir")
             .arg(dir.join("tandem-data"))
             .args(["--base-port", &base_port.to_string()])
+            .args(["--admin-base-port", &free_port_block().to_string()])
             .env("TANDEM_LOG", "info,openraft=warn")
             .stdin(Stdio::null())
             .stdout(stdout)
@@ -236,6 +237,14 @@ fn dev_starts_three_nodes_restarts_a_killed_one_and_stops_on_sigterm() {
         banner.contains(&format!("127.0.0.1:{base}")) && banner.contains("Next steps"),
         "{banner}"
     );
+    // dev prints the dashboard's URL, and cluster.json has every node's admin address.
+    let dashboard = json["dashboard"].as_str().unwrap_or_default().to_string();
+    assert!(
+        dashboard.starts_with("http://127.0.0.1:")
+            && banner.contains(&format!("dashboard: {dashboard}")),
+        "{banner}\n{json}"
+    );
+    assert!(json["nodes"][2]["admin_address"].is_string(), "{json}");
 
     // The cluster forms: three live nodes.
     let live_incarnation = |output: &Output, id: i64| -> Option<i64> {

@@ -37,6 +37,19 @@ pub enum RoleKind {
     Follower,
 }
 
+/// What a leader knows of one follower ([`Replica::follower_lags`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FollowerLag {
+    pub node_id: NodeId,
+    /// Its LEO, from its last fetch offset; `None` until it fetched in this epoch.
+    pub log_end_offset: Option<i64>,
+    /// The leader's LEO minus the follower's.
+    pub lag_records: Option<i64>,
+    /// Milliseconds since it was last caught up with the leader's LEO (0 if it is now);
+    /// `None` if it never was in this epoch.
+    pub lag_ms: Option<i64>,
+}
+
 /// One replica of one partition. See the crate documentation for the driver's loop.
 #[derive(Debug)]
 pub struct Replica {
@@ -211,6 +224,37 @@ impl Replica {
     /// Fetches parked (long poll) right now.
     pub fn parked_fetches(&self) -> usize {
         self.parked.len()
+    }
+
+    /// On the leader, what it knows of each follower, for metrics and the admin API (empty off
+    /// the leader). Lag is against this leader's LEO; time lag is how long ago the follower
+    /// was last caught up (rule 5's clock), measured at the last step.
+    pub fn follower_lags(&self) -> Vec<FollowerLag> {
+        let Role::Leader(leader) = &self.role else {
+            return Vec::new();
+        };
+        let leader_log_end_offset = self.log.log_end_offset;
+        leader
+            .followers
+            .iter()
+            .map(|(&node_id, f)| {
+                let caught_up = f.log_end_offset == Some(leader_log_end_offset);
+                FollowerLag {
+                    node_id,
+                    log_end_offset: f.log_end_offset,
+                    lag_records: f
+                        .log_end_offset
+                        .map(|leo| (leader_log_end_offset - leo).max(0)),
+                    lag_ms: if caught_up {
+                        Some(0)
+                    } else if f.last_caught_up_ms == i64::MIN {
+                        None
+                    } else {
+                        Some(self.now_ms.saturating_sub(f.last_caught_up_ms).max(0))
+                    },
+                }
+            })
+            .collect()
     }
 
     /// ListOffsets(latest) on the leader. A new leader answers OffsetNotAvailable until its HW

@@ -1185,3 +1185,33 @@ fn after_a_log_failure_everything_is_refused() {
         vec![failed(2, ProduceError::Storage("disk gone".into()))]
     );
 }
+
+#[test]
+fn follower_lags_report_records_and_time_behind_the_leader() {
+    let mut r = leader_with_three(&[1, 2, 3], 2, Acks::Leader);
+    // Leader LEO 3. Follower 2 fetches up to it; follower 3 stays at 1.
+    fetch(&mut r, 0, 10, follower_fetch(2, 3, Some(EPOCH)));
+    fetch(&mut r, 0, 11, follower_fetch(3, 1, Some(EPOCH)));
+    r.step(1_500, Event::Tick);
+    let lags = r.follower_lags();
+    assert_eq!(
+        lags,
+        vec![
+            FollowerLag {
+                node_id: 2,
+                log_end_offset: Some(3),
+                lag_records: Some(0),
+                lag_ms: Some(0),
+            },
+            FollowerLag {
+                node_id: 3,
+                log_end_offset: Some(1),
+                lag_records: Some(2),
+                // In the ISR since the leader change at time 0, not caught up since.
+                lag_ms: Some(1_500),
+            },
+        ]
+    );
+    let follower = Replica::new(2, config(), log(0, &[]), 0);
+    assert!(follower.follower_lags().is_empty(), "only a leader knows");
+}

@@ -25,6 +25,8 @@ pub const BOUND: Duration = Duration::from_secs(30);
 pub struct Server {
     pub id: i32,
     pub address: String,
+    /// Its admin HTTP listener (`--admin-listen`): /metrics, /api/*, the dashboard.
+    pub admin_address: String,
     pub child: Option<Child>,
 }
 
@@ -119,7 +121,14 @@ impl Cluster {
         let dir = self.dir.path().to_path_buf();
         let voters = self.voters.clone();
         let server = self.server_mut(id);
-        let child = spawn_server(&dir, id, &server.address, &voters, true);
+        let child = spawn_server(
+            &dir,
+            id,
+            &server.address,
+            &server.admin_address,
+            &voters,
+            true,
+        );
         server.child = Some(child);
     }
 
@@ -183,6 +192,11 @@ impl Cluster {
             .map(|s| s.address.clone())
             .collect::<Vec<_>>()
             .join(",")
+    }
+
+    /// Node `id`'s admin HTTP address (host:port).
+    pub fn admin_of(&self, id: i32) -> String {
+        self.server(id).admin_address.clone()
     }
 
     pub fn address_of(&self, id: i32) -> String {
@@ -325,10 +339,12 @@ pub fn start_servers(dir: &Path, count: usize) -> Vec<Server> {
         .map(|(i, port)| {
             let id = i as i32 + 1;
             let address = format!("127.0.0.1:{port}");
-            let child = spawn_server(dir, id, &address, &voters, false);
+            let admin_address = format!("127.0.0.1:{}", free_port());
+            let child = spawn_server(dir, id, &address, &admin_address, &voters, false);
             Server {
                 id,
                 address,
+                admin_address,
                 child: Some(child),
             }
         })
@@ -345,7 +361,14 @@ fn voters_of(servers: &[Server]) -> String {
 
 /// One `tandem server` process: data in `dir/node-<id>`, its log (stderr) in
 /// `dir/node-<id>.log` (appended to when `restart`).
-pub fn spawn_server(dir: &Path, id: i32, address: &str, voters: &str, restart: bool) -> Child {
+pub fn spawn_server(
+    dir: &Path,
+    id: i32,
+    address: &str,
+    admin_address: &str,
+    voters: &str,
+    restart: bool,
+) -> Child {
     let path = dir.join(format!("node-{id}.log"));
     let mut log = std::fs::OpenOptions::new()
         .create(true)
@@ -365,6 +388,8 @@ pub fn spawn_server(dir: &Path, id: i32, address: &str, voters: &str, restart: b
             address,
             "--voters",
             voters,
+            "--admin-listen",
+            admin_address,
         ])
         .arg("--data-dir")
         .arg(dir.join(format!("node-{id}")))
@@ -517,4 +542,85 @@ pub fn target_dir() -> PathBuf {
         .parent()
         .unwrap()
         .to_path_buf()
+}
+
+/// One HTTP/1.1 GET over a fresh connection: `(status code, body)`, `None` if the node cannot
+/// be reached or answers garbage. Bodies are small JSON or text (Content-Length or chunked).
+pub fn http_get(address: &str, path: &str) -> Option<(u16, String)> {
+    http(address, "GET", path, None)
+}
+
+/// One HTTP/1.1 request with an optional JSON body; see [`http_get`].
+pub fn http(address: &str, method: &str, path: &str, body: Option<&str>) -> Option<(u16, String)> {
+    let mut stream = TcpStream::connect(address).ok()?;
+    stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .ok()?;
+    let request = match body {
+        Some(body) => format!(
+            "{method} {path} HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\
+             Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        ),
+        None => format!("{method} {path} HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n"),
+    };
+    stream.write_all(request.as_bytes()).ok()?;
+    // Read the head, then as much body as Content-Length says (some servers, chromedriver
+    // among them, keep the connection open), else to the end.
+    let mut response = Vec::new();
+    let mut buf = [0u8; 8192];
+    let split = loop {
+        if let Some(split) = response.windows(4).position(|w| w == b"\r\n\r\n") {
+            break split;
+        }
+        let n = stream.read(&mut buf).ok()?;
+        if n == 0 {
+            return None;
+        }
+        response.extend_from_slice(&buf[..n]);
+    };
+    let head = String::from_utf8_lossy(&response[..split]).to_string();
+    let status: u16 = head.split_whitespace().nth(1)?.parse().ok()?;
+    let content_length = head.lines().find_map(|l| {
+        let (name, value) = l.split_once(':')?;
+        name.trim()
+            .eq_ignore_ascii_case("content-length")
+            .then(|| value.trim().parse::<usize>().ok())?
+    });
+    let mut body = response[split + 4..].to_vec();
+    match content_length {
+        Some(length) => {
+            while body.len() < length {
+                let n = stream.read(&mut buf).ok()?;
+                if n == 0 {
+                    return None;
+                }
+                body.extend_from_slice(&buf[..n]);
+            }
+            body.truncate(length);
+        }
+        None => {
+            stream.read_to_end(&mut body).ok()?;
+        }
+    }
+    if head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
+        let mut out = Vec::new();
+        let mut rest = &body[..];
+        loop {
+            let end = rest.windows(2).position(|w| w == b"\r\n")?;
+            let size =
+                usize::from_str_radix(std::str::from_utf8(&rest[..end]).ok()?.trim(), 16).ok()?;
+            rest = &rest[end + 2..];
+            if size == 0 {
+                break;
+            }
+            out.extend_from_slice(rest.get(..size)?);
+            rest = rest.get(size + 2..)?;
+        }
+        body = out;
+    }
+    Some((status, String::from_utf8(body).ok()?))
 }
