@@ -15,9 +15,10 @@
 //! An operation whose outcome is unknown returns at "∞", after every known return: reaching
 //! one means every operation with a known outcome has been linearized, which is success.
 
-use std::collections::HashSet;
+use std::collections::hash_map::DefaultHasher;
+use std::collections::HashMap;
 use std::fmt;
-use std::hash::Hash;
+use std::hash::{Hash, Hasher};
 use std::time::Instant;
 
 /// A sequential specification: which outputs are legal for an input in a state, and the state
@@ -41,6 +42,20 @@ pub trait Model {
         input: &Self::Input,
         output: &Self::Output,
     ) -> Option<Self::State>;
+
+    /// Whether two operations with unknown outcomes have the same effect in every state (only
+    /// their inputs and outputs matter), so that the search tries only the earlier-called one
+    /// first: once both are called they are interchangeable. Must be an equivalence. The
+    /// default, "never", is always correct, but many pending unknown operations that could
+    /// each explain the same observation then make the search exponential.
+    fn same_effect(
+        &self,
+        a: &Operation<Self::Input, Self::Output>,
+        b: &Operation<Self::Input, Self::Output>,
+    ) -> bool {
+        let _ = (a, b);
+        false
+    }
 }
 
 /// One client operation as observed from outside: when it was called, when (if ever) its
@@ -338,7 +353,7 @@ impl EventList {
     }
 }
 
-/// A set of operation indexes.
+/// A set of small integers.
 #[derive(Clone, PartialEq, Eq, Hash)]
 struct BitSet(Vec<u64>);
 
@@ -354,42 +369,226 @@ impl BitSet {
     fn remove(&mut self, index: usize) {
         self.0[index / 64] &= !(1 << (index % 64));
     }
+
+    fn contains(&self, index: usize) -> bool {
+        self.0[index / 64] & (1 << (index % 64)) != 0
+    }
+
+    fn is_subset(&self, other: &BitSet) -> bool {
+        self.0
+            .iter()
+            .zip(&other.0)
+            .all(|(mine, theirs)| mine & !theirs == 0)
+    }
 }
 
-/// The Wing–Gong–Lowe depth-first search, memoizing (linearized set, state) pairs already
-/// explored so that no configuration is searched twice (Lowe 2017; Porcupine).
+/// The operations linearized so far, those with a known outcome apart from the others, and a
+/// running hash of the known ones so that a lookup does not rehash the whole set.
+struct Linearized {
+    /// Each operation's bit, in `known` or in `unknown`.
+    slot: Vec<usize>,
+    /// Whether each operation's outcome is unknown (it returns at ∞).
+    is_unknown: Vec<bool>,
+    /// For an unknown operation, the latest one called before it with the same effect
+    /// ([`Model::same_effect`]): it is placed only once that one is, so the placed members of
+    /// such a class are always its first ones and configurations stay comparable.
+    previous_twin: Vec<Option<usize>>,
+    known: BitSet,
+    unknown: BitSet,
+    /// XOR of a pseudo-random word per member of `known` (Zobrist hashing).
+    known_hash: u64,
+}
+
+impl Linearized {
+    fn new<M: Model>(model: &M, history: &[Operation<M::Input, M::Output>]) -> Self {
+        let is_unknown: Vec<bool> = history.iter().map(|o| o.return_time.is_none()).collect();
+        // In call order, as in the event list (ties by index).
+        let mut unknown: Vec<usize> = (0..history.len()).filter(|&i| is_unknown[i]).collect();
+        unknown.sort_by_key(|&index| (history[index].call_time, index));
+        let mut previous_twin = vec![None; history.len()];
+        for (position, &index) in unknown.iter().enumerate() {
+            previous_twin[index] = unknown[..position]
+                .iter()
+                .rev()
+                .find(|&&earlier| model.same_effect(&history[earlier], &history[index]))
+                .copied();
+        }
+        let (mut known_count, mut unknown_count) = (0, 0);
+        let slot = is_unknown
+            .iter()
+            .map(|&unknown| {
+                let counter = if unknown {
+                    &mut unknown_count
+                } else {
+                    &mut known_count
+                };
+                *counter += 1;
+                *counter - 1
+            })
+            .collect();
+        Linearized {
+            slot,
+            is_unknown,
+            previous_twin,
+            known: BitSet::new(known_count),
+            unknown: BitSet::new(unknown_count),
+            known_hash: 0,
+        }
+    }
+
+    fn insert(&mut self, index: usize) {
+        let slot = self.slot[index];
+        if self.is_unknown[index] {
+            self.unknown.insert(slot);
+        } else {
+            self.known.insert(slot);
+            self.known_hash ^= zobrist(slot);
+        }
+    }
+
+    /// Whether an unknown operation must wait for its previous twin to be placed.
+    fn waits_for_twin(&self, index: usize) -> bool {
+        (self.previous_twin[index]).is_some_and(|twin| !self.unknown.contains(self.slot[twin]))
+    }
+
+    fn remove(&mut self, index: usize) {
+        let slot = self.slot[index];
+        if self.is_unknown[index] {
+            self.unknown.remove(slot);
+        } else {
+            self.known.remove(slot);
+            self.known_hash ^= zobrist(slot);
+        }
+    }
+}
+
+/// A pseudo-random word per slot (SplitMix64's output function).
+fn zobrist(slot: usize) -> u64 {
+    let mut z = (slot as u64)
+        .wrapping_add(1)
+        .wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
+/// Configurations explored to the end without finding a linearization.
+///
+/// A configuration is (linearized known operations, linearized unknown ones, state). Entering
+/// one that an explored configuration *covers* is pointless: same known set, same state, and a
+/// subset of its unknown operations, so everything still open to it was open there too (an
+/// unknown operation may always be left out). Plain equality would let each subset of the
+/// unknown operations that never took effect be searched separately: 2^k configurations.
+/// Configurations are recorded when abandoned, not when entered, so that only finished ones
+/// cover others (one on the current path may still succeed).
+struct Explored<S> {
+    table: HashMap<u64, Vec<ExploredEntry<S>>>,
+}
+
+struct ExploredEntry<S> {
+    known: BitSet,
+    state: S,
+    unknown: Vec<BitSet>,
+}
+
+impl<S: Hash + Eq> Explored<S> {
+    fn hash(linearized: &Linearized, state: &S) -> u64 {
+        let mut hasher = DefaultHasher::new();
+        linearized.known_hash.hash(&mut hasher);
+        state.hash(&mut hasher);
+        hasher.finish()
+    }
+
+    fn covers(&self, hash: u64, linearized: &Linearized, state: &S) -> bool {
+        self.table.get(&hash).is_some_and(|entries| {
+            entries.iter().any(|entry| {
+                entry.known == linearized.known
+                    && entry.state == *state
+                    && (entry.unknown.iter()).any(|unknown| unknown.is_subset(&linearized.unknown))
+            })
+        })
+    }
+
+    fn insert(&mut self, hash: u64, linearized: &Linearized, state: S) {
+        let entries = self.table.entry(hash).or_default();
+        let same = entries
+            .iter_mut()
+            .find(|entry| entry.known == linearized.known && entry.state == state);
+        match same {
+            Some(entry) => entry.unknown.push(linearized.unknown.clone()),
+            None => entries.push(ExploredEntry {
+                known: linearized.known.clone(),
+                state,
+                unknown: vec![linearized.unknown.clone()],
+            }),
+        }
+    }
+}
+
+/// The Wing–Gong–Lowe depth-first search, skipping configurations already explored (Lowe
+/// 2017; Porcupine).
+///
+/// Among the candidates, operations with a known outcome are tried first and unknown ones
+/// only after: leaving an unknown operation out is then explored first, and the
+/// configurations that include it are mostly covered by those (see [`Explored`]).
 fn search<M: Model>(
     model: &M,
     history: &[Operation<M::Input, M::Output>],
     budget: &mut Budget,
 ) -> Search {
     let mut events = EventList::new(history);
-    let mut linearized = BitSet::new(history.len());
+    let mut linearized = Linearized::new(model, history);
     let mut state = model.initial_state();
     // The linearization so far: each lifted call event and the state before it.
     let mut stack: Vec<(usize, M::State)> = Vec::new();
-    let mut explored: HashSet<(BitSet, M::State)> = HashSet::new();
+    let mut explored: Explored<M::State> = Explored {
+        table: HashMap::new(),
+    };
     let mut best_prefix: Vec<usize> = Vec::new();
 
     let mut event = events.next[HEAD];
+    let mut unknown_pass = false;
     loop {
         if events.is_tail(event) {
             return Search::Linearizable;
         }
         let index = events.operation[event];
         if !events.is_call(event) {
-            if history[index].return_time.is_none() {
+            if linearized.is_unknown[index] {
                 // Unknown returns sort after every known one: all known operations are placed.
                 return Search::Linearizable;
             }
-            // This operation has returned but is not linearized: undo the latest choice.
+            if !unknown_pass {
+                unknown_pass = true;
+                event = events.next[HEAD];
+                continue;
+            }
+            // This operation has returned but cannot be linearized: undo the latest choice.
+            if stack.len() > best_prefix.len() {
+                best_prefix = (stack.iter())
+                    .map(|&(call, _)| events.operation[call])
+                    .collect();
+            }
             let Some((call, previous_state)) = stack.pop() else {
                 return Search::Stuck { best_prefix };
             };
-            state = previous_state;
-            linearized.remove(events.operation[call]);
+            let hash = Explored::hash(&linearized, &state);
+            explored.insert(
+                hash,
+                &linearized,
+                std::mem::replace(&mut state, previous_state),
+            );
+            let undone = events.operation[call];
+            linearized.remove(undone);
             events.unlift(call);
+            unknown_pass = linearized.is_unknown[undone];
             event = events.next[call];
+            continue;
+        }
+        if linearized.is_unknown[index] != unknown_pass
+            || (unknown_pass && linearized.waits_for_twin(index))
+        {
+            event = events.next[event];
             continue;
         }
 
@@ -398,23 +597,50 @@ fn search<M: Model>(
         }
         let operation = &history[index];
         if let Some(next_state) = model.step(&state, &operation.input, &operation.output) {
+            if unknown_pass
+                && (next_state == state
+                    || erases_previous(model, &linearized, &stack, operation, &next_state, &events))
+            {
+                event = events.next[event];
+                continue;
+            }
             linearized.insert(index);
-            if explored.insert((linearized.clone(), next_state.clone())) {
+            let hash = Explored::hash(&linearized, &next_state);
+            if !explored.covers(hash, &linearized, &next_state) {
                 stack.push((event, std::mem::replace(&mut state, next_state)));
                 events.lift(event);
-                if stack.len() > best_prefix.len() {
-                    best_prefix = stack
-                        .iter()
-                        .map(|&(call, _)| events.operation[call])
-                        .collect();
-                }
                 event = events.next[HEAD];
+                unknown_pass = false;
                 continue;
             }
             linearized.remove(index);
         }
         event = events.next[event];
     }
+}
+
+/// Whether placing unknown `operation` next, reaching `next_state`, is pointless because the
+/// latest choice was also an unknown operation and leaving that one out reaches the same
+/// state: the sibling configuration without it has one unknown operation fewer still open,
+/// so it can do everything this one can, and the search tries it from the parent anyway.
+/// Without this, each run of unknown operations that overwrite each other (puts that never
+/// took effect, say) would be searched in every order and every subset.
+fn erases_previous<M: Model>(
+    model: &M,
+    linearized: &Linearized,
+    stack: &[(usize, M::State)],
+    operation: &Operation<M::Input, M::Output>,
+    next_state: &M::State,
+    events: &EventList,
+) -> bool {
+    let Some((previous_call, before_previous)) = stack.last() else {
+        return false;
+    };
+    linearized.is_unknown[events.operation[*previous_call]]
+        && model
+            .step(before_previous, &operation.input, &operation.output)
+            .as_ref()
+            == Some(next_state)
 }
 
 /// Replays the best prefix and lists the operations real time allows after it.

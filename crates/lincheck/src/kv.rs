@@ -68,24 +68,34 @@ pub struct KvOperation {
     pub output: KvOutput,
 }
 
-/// A version in the model's state.
-#[derive(Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Version {
-    /// The offset is known.
-    Known(u64),
-    /// Written by an operation with an unknown outcome whose offset nobody observed: greater
-    /// than every earlier version and equal to no version a compare-and-set expects.
-    Fresh,
+/// What one key holds in the model.
+#[derive(Clone, Default, PartialEq, Eq, Hash)]
+pub enum Current {
+    /// Nothing: never written, or deleted.
+    #[default]
+    Absent,
+    /// `value`, written at `version`.
+    Present {
+        /// The value.
+        value: Vec<u8>,
+        /// The offset of the record that wrote it.
+        version: u64,
+    },
+    /// A value written by an operation with an unknown outcome that no get observed: no get
+    /// may return it, its version is newer than every earlier one and matches no
+    /// compare-and-set. Which value it is cannot matter, so it is not kept.
+    Unobserved,
 }
 
 /// The state of one key.
 #[derive(Clone, Default, PartialEq, Eq, Hash)]
 pub struct KvState {
-    /// The current value and its version; `None` when the key is absent.
-    pub current: Option<(Vec<u8>, Version)>,
+    /// What the key holds.
+    pub current: Current,
     /// The highest known version written so far (by a put, delete or CAS): every later write
-    /// must have a greater one. A [`Version::Fresh`] write does not raise it, so after one
-    /// the check is slightly weaker than exact (it never rejects a linearizable history).
+    /// must have a greater one. A write with an unknown outcome whose version nobody observed
+    /// does not raise it, so after one the check is slightly weaker than exact (it never
+    /// rejects a linearizable history).
     pub last_version: Option<u64>,
 }
 
@@ -93,8 +103,8 @@ impl KvState {
     /// Whether a compare-and-set expecting `expected` matches.
     fn matches(&self, expected: Option<u64>) -> bool {
         match (&self.current, expected) {
-            (None, None) => true,
-            (Some((_, Version::Known(version))), Some(expected)) => *version == expected,
+            (Current::Absent, None) => true,
+            (Current::Present { version, .. }, Some(expected)) => *version == expected,
             _ => false,
         }
     }
@@ -102,8 +112,8 @@ impl KvState {
     /// Whether a get may return `read`.
     fn reads_as(&self, read: &Option<(Vec<u8>, u64)>) -> bool {
         match (&self.current, read) {
-            (None, None) => true,
-            (Some((value, Version::Known(version))), Some((read_value, read_version))) => {
+            (Current::Absent, None) => true,
+            (Current::Present { value, version }, Some((read_value, read_version))) => {
                 value == read_value && version == read_version
             }
             _ => false,
@@ -115,8 +125,15 @@ impl KvState {
         if self.last_version.is_some_and(|last| version <= last) {
             return None;
         }
+        let current = match value {
+            Some(value) => Current::Present {
+                value: value.clone(),
+                version,
+            },
+            None => Current::Absent,
+        };
         Some(KvState {
-            current: value.map(|value| (value.clone(), Version::Known(version))),
+            current,
             last_version: Some(version),
         })
     }
@@ -156,16 +173,55 @@ impl KvModel {
         KvModel { observed_versions }
     }
 
+    /// The version a get observed with `value`, if any, for a write with an unknown outcome.
+    fn observed_version(&self, value: Option<&Vec<u8>>) -> Option<u64> {
+        value.and_then(|value| self.observed_versions.get(value).copied())
+    }
+
     /// The state after a write with an unknown outcome took effect, if it can have.
     fn unknown_write(&self, state: &KvState, value: Option<&Vec<u8>>) -> Option<KvState> {
-        if let Some(&version) = value.and_then(|value| self.observed_versions.get(value)) {
+        if let Some(version) = self.observed_version(value) {
             return state.write(value, version);
         }
+        let current = match value {
+            Some(_) => Current::Unobserved,
+            None => Current::Absent,
+        };
         Some(KvState {
-            current: value.map(|value| (value.clone(), Version::Fresh)),
+            current,
             last_version: state.last_version,
         })
     }
+
+    /// What an operation with an unknown outcome can do to the key, when that does not depend
+    /// on which operation it is; `None` when it does (it writes a value a get observed).
+    fn anonymous_effect(&self, input: &KvInput) -> Option<AnonymousEffect> {
+        let (condition, written) = match input {
+            KvInput::Get => return Some(AnonymousEffect::Nothing),
+            KvInput::Put { value } => (None, Some(value)),
+            KvInput::Delete => (None, None),
+            KvInput::Cas { expected, new } => (Some(*expected), new.as_ref()),
+        };
+        if self.observed_version(written).is_some() {
+            return None;
+        }
+        Some(AnonymousEffect::Write {
+            condition,
+            tombstone: written.is_none(),
+        })
+    }
+}
+
+/// See [`KvModel::anonymous_effect`].
+#[derive(PartialEq, Eq)]
+enum AnonymousEffect {
+    Nothing,
+    Write {
+        /// `None` for a put or delete, else the version a compare-and-set expects.
+        condition: Option<Option<u64>>,
+        /// A tombstone, else a value no get observed.
+        tombstone: bool,
+    },
 }
 
 impl Model for KvModel {
@@ -199,6 +255,20 @@ impl Model for KvModel {
             }
             _ => None,
         }
+    }
+
+    /// Unknown gets are alike; so are unknown deletes, unknown puts of values no get
+    /// observed, and unknown compare-and-sets of such values (or tombstones) expecting the
+    /// same version.
+    fn same_effect(
+        &self,
+        a: &Operation<KvInput, KvOutput>,
+        b: &Operation<KvInput, KvOutput>,
+    ) -> bool {
+        a.output == KvOutput::Unknown
+            && b.output == KvOutput::Unknown
+            && self.anonymous_effect(&a.input).is_some()
+            && self.anonymous_effect(&a.input) == self.anonymous_effect(&b.input)
     }
 }
 
@@ -257,6 +327,9 @@ impl fmt::Display for KvCheckResult {
 pub fn check_kv(history: &[KvOperation], options: &CheckOptions) -> KvCheckResult {
     let mut keys: BTreeMap<&[u8], Vec<Operation<KvInput, KvOutput>>> = BTreeMap::new();
     for operation in history {
+        if operation.input == KvInput::Get && operation.output == KvOutput::Unknown {
+            continue; // A read that told nobody anything constrains nothing.
+        }
         let return_time = match operation.output {
             KvOutput::Unknown => None,
             _ => Some(operation.return_time.unwrap_or_else(|| {
@@ -336,20 +409,12 @@ impl fmt::Debug for KvOutput {
     }
 }
 
-impl fmt::Debug for Version {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Version::Known(version) => write!(f, "@{version}"),
-            Version::Fresh => write!(f, "@(unobserved)"),
-        }
-    }
-}
-
 impl fmt::Debug for KvState {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match &self.current {
-            Some((value, version)) => write!(f, "{:?} {version:?}", Text(value))?,
-            None => write!(f, "absent")?,
+            Current::Absent => write!(f, "absent")?,
+            Current::Present { value, version } => write!(f, "{:?} @{version}", Text(value))?,
+            Current::Unobserved => write!(f, "a value nobody observed")?,
         }
         match self.last_version {
             Some(version) => write!(f, " (last known version @{version})"),

@@ -318,6 +318,41 @@ fn an_unobserved_version_matches_no_cas() {
 }
 
 #[test]
+fn many_pending_unknown_writes_do_not_blow_up_a_rejection() {
+    // 40 writes that never returned, then 30 mismatches that each need one of them to have
+    // happened, then a read of a value never written. Each mismatch could be explained by any
+    // pending write; trying each of them (rather than one per kind) would never finish.
+    let mut history = vec![put(1, (0, 1), "a", 1)];
+    for i in 0..20 {
+        history.push(put_unknown(2, 2 + i, &format!("lost-{i}")));
+        history.push(unknown(delete(3, (2 + i, 2 + i), 0)));
+    }
+    for i in 0..30 {
+        let time = 100 + 10 * i;
+        let version = 10 + i;
+        history.push(put(1, (time, time + 1), &format!("v{i}"), version));
+        let mismatch = cas(
+            1,
+            (time + 2, time + 3),
+            Some(version),
+            None,
+            KvOutput::CasMismatch,
+        );
+        history.push(mismatch);
+    }
+    history.push(get(4, (1_000, 1_001), Some(("ghost", 99))));
+    let options = CheckOptions {
+        max_steps: 1_000_000,
+        deadline: None,
+    };
+    let result = check_kv(&history, &options);
+    assert!(
+        matches!(result, KvCheckResult::NotLinearizable { .. }),
+        "{result}"
+    );
+}
+
+#[test]
 fn keys_are_checked_independently() {
     // As one register this is not linearizable (the get at 4 would be stale after b's write);
     // per key it is. The same history with a stale read on k2 is reported on k2.
