@@ -64,7 +64,9 @@ fn put(log: &dyn Log, timestamp: i64, key: &str, value: Option<&str>) -> i64 {
     let mut b = BatchBuilder::new(timestamp);
     b.push(timestamp, Some(key.as_bytes()), value.map(str::as_bytes));
     let mut bytes = b.build();
-    log.append_as_leader(&mut bytes, 1).expect("append").first_offset
+    log.append_as_leader(&mut bytes, 1)
+        .expect("append")
+        .first_offset
 }
 
 /// A MemDir whose every operation counts as a step; from step `crash_at` on, everything fails
@@ -205,7 +207,10 @@ fn a_crash_at_any_step_of_a_compaction_loses_nothing() {
             assert_eq!(table(&after), table(&original), "{what}: the table");
             assert_eq!(reopened.log_end_offset(), up_to, "{what}: the log end");
             for record in &after {
-                assert!(original.contains(record), "{what}: {record:?} was never written");
+                assert!(
+                    original.contains(record),
+                    "{what}: {record:?} was never written"
+                );
             }
             // Every record of the latest value of each key is there, at its offset.
             let mut latest: BTreeMap<&Option<String>, &(i64, Option<String>, Option<String>)> =
@@ -233,10 +238,17 @@ fn a_crash_at_any_step_of_a_compaction_loses_nothing() {
                 .into_iter()
                 .filter(|n| n.ends_with(".cleaned") || n.ends_with(".swap") || n.ends_with(".tmp"))
                 .collect();
-            assert!(leftovers.is_empty(), "{what}: {leftovers:?} left after open");
+            assert!(
+                leftovers.is_empty(),
+                "{what}: {leftovers:?} left after open"
+            );
             // A compaction after the crash completes and agrees.
             reopened.compact(up_to, now, &compaction()).unwrap();
-            assert_eq!(table(&records(&reopened)), table(&original), "{what}: recompacted");
+            assert_eq!(
+                table(&records(&reopened)),
+                table(&original),
+                "{what}: recompacted"
+            );
             if outcome.is_ok() {
                 steps_seen = crash_at;
                 break;
@@ -250,9 +262,8 @@ fn a_crash_at_any_step_of_a_compaction_loses_nothing() {
 fn appends_reads_truncations_and_compactions_run_together() {
     let mem = MemDir::new();
     let clock = ManualClock::new(1_000_000);
-    let log = Arc::new(
-        SegmentedLog::open(mem.clone(), config(), Arc::new(clock.clone())).expect("open"),
-    );
+    let log =
+        Arc::new(SegmentedLog::open(mem.clone(), config(), Arc::new(clock.clone())).expect("open"));
     let stop = Arc::new(AtomicBool::new(false));
     let compactions = Arc::new(AtomicUsize::new(0));
     let compactor = {
@@ -260,7 +271,8 @@ fn appends_reads_truncations_and_compactions_run_together() {
         std::thread::spawn(move || {
             while !stop.load(Ordering::SeqCst) {
                 let up_to = log.log_end_offset();
-                log.compact(up_to, 1_000_000, &compaction()).expect("compact");
+                log.compact(up_to, 1_000_000, &compaction())
+                    .expect("compact");
                 compactions.fetch_add(1, Ordering::SeqCst);
             }
         })
