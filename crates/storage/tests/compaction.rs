@@ -15,7 +15,8 @@ use tandem_storage::{
     CompactionConfig, Directory, Log, LogConfig, ManualClock, MemDir, SegmentFile, SegmentedLog,
 };
 
-type Records = Vec<(i64, Option<String>, Option<String>)>;
+type Record = (i64, Option<String>, Option<String>);
+type Records = Vec<Record>;
 
 fn records(log: &dyn Log) -> Records {
     let text = |b: Option<bytes::Bytes>| b.map(|b| String::from_utf8_lossy(&b).into_owned());
@@ -213,8 +214,7 @@ fn a_crash_at_any_step_of_a_compaction_loses_nothing() {
                 );
             }
             // Every record of the latest value of each key is there, at its offset.
-            let mut latest: BTreeMap<&Option<String>, &(i64, Option<String>, Option<String>)> =
-                BTreeMap::new();
+            let mut latest: BTreeMap<&Option<String>, &Record> = BTreeMap::new();
             for r in &original {
                 latest.insert(&r.1, r);
             }
