@@ -1396,8 +1396,9 @@ impl<D: Directory> Log for SegmentedLog<D> {
             .map(|s| (s.base_offset, s.size))
             .collect();
         self.delete_front_segments(&mut state, &below)?;
-        state.log_start_offset = offset;
-        state.high_watermark = state.high_watermark.max(offset);
+        // With gaps the first segment left may start past `offset`: the start is there then.
+        state.log_start_offset = state.log_start_offset.max(offset);
+        state.high_watermark = state.high_watermark.max(state.log_start_offset);
         if state.epochs.truncate_from_start(offset) {
             self.persist_epochs(&state)?;
         }

@@ -40,6 +40,7 @@ struct SegmentView<F> {
     file: Arc<F>,
     size: u64,
     next_offset: i64,
+    first_append_ms: Option<i64>,
     last_append_ms: i64,
 }
 
@@ -175,6 +176,7 @@ impl<D: Directory> SegmentedLog<D> {
                     file: Arc::clone(&s.file),
                     size: s.size,
                     next_offset: s.next_offset,
+                    first_append_ms: s.first_append_ms,
                     last_append_ms: s.last_append_ms,
                 })
                 .collect();
@@ -271,12 +273,20 @@ impl<D: Directory> SegmentedLog<D> {
         // 4–6. Clean and swap group by group.
         let max_bytes = config.max_segment_bytes;
         let mut groups: Vec<Vec<&SegmentView<D::File>>> = Vec::new();
+        let mut after_empty = false;
         for view in cleanable {
-            let fits = groups.last().is_some_and(|g| {
-                let first = g[0].base_offset;
-                let bytes: u64 = g.iter().map(|v| v.size).sum();
-                bytes + view.size <= max_bytes && view.next_offset - first <= i32::MAX as i64
-            });
+            if view.size == 0 {
+                // Nothing to clean (a segment a truncation into a gap sealed empty); it also
+                // ends the group, so that a cleaned file still ends where its last input did.
+                after_empty = true;
+                continue;
+            }
+            let fits = !std::mem::take(&mut after_empty)
+                && groups.last().is_some_and(|g| {
+                    let first = g[0].base_offset;
+                    let bytes: u64 = g.iter().map(|v| v.size).sum();
+                    bytes + view.size <= max_bytes && view.next_offset - first <= i32::MAX as i64
+                });
             match groups.last_mut() {
                 Some(group) if fits => group.push(view),
                 _ => groups.push(vec![view]),
@@ -438,6 +448,8 @@ impl<D: Directory> SegmentedLog<D> {
             return Ok(());
         }
         debug_assert_eq!(out.next_offset, end, "the group's last batch is kept");
+        // The segment's age is its inputs' (rolling by age, should a truncation make it active).
+        out.first_append_ms = group.iter().filter_map(|v| v.first_append_ms).min();
         out.last_append_ms = group.iter().map(|v| v.last_append_ms).max().unwrap_or(0);
         out.seal();
         out.file
