@@ -46,7 +46,7 @@ pub fn recover(log: &dyn Log) -> Result<(LocalLog, i64), StorageError> {
     }
     let producers = ProducerTable::from_headers(&headers);
     Ok((
-        LocalLog::new(offsets, epochs, producers),
+        LocalLog::new(offsets, epochs, producers).with_compaction_horizon(log.compaction_horizon()),
         offsets.high_watermark,
     ))
 }
@@ -60,13 +60,22 @@ pub fn perform(log: &dyn Log, action: &Action) -> Option<Event> {
         reason: e.to_string(),
     };
     match action {
-        Action::Append { batches } => Some(match log.append_replicated(batches) {
-            Ok(info) => Event::Appended {
-                log_end_offset: info.log_end_offset,
-                flushed_offset: log.flushed_offset(),
-            },
-            Err(e) => failed(e),
-        }),
+        Action::Append {
+            batches,
+            compaction_horizon,
+        } => {
+            let raised = match compaction_horizon {
+                Some(offset) => log.raise_compaction_horizon(*offset),
+                None => Ok(()),
+            };
+            Some(match raised.and_then(|_| log.append_replicated(batches)) {
+                Ok(info) => Event::Appended {
+                    log_end_offset: info.log_end_offset,
+                    flushed_offset: log.flushed_offset(),
+                },
+                Err(e) => failed(e),
+            })
+        }
         Action::Flush => Some(match log.flush() {
             Ok(flushed_offset) => Event::Flushed { flushed_offset },
             Err(e) => failed(e),
@@ -86,6 +95,18 @@ pub fn read_range(log: &dyn Log, range: ReadRange) -> Result<Bytes, StorageError
         return Ok(Bytes::new());
     }
     let bytes = log.read(range.offset, range.max_bytes)?;
+    if let Some(checked) = range.compaction_horizon {
+        // Read after the bytes: a compaction swapped in before the read had raised it already.
+        let horizon = log.compaction_horizon();
+        let log_start_offset = log.log_start_offset();
+        if horizon > checked && range.offset > log_start_offset && range.offset < horizon {
+            return Err(StorageError::OffsetOutOfRange {
+                offset: range.offset,
+                log_start_offset,
+                log_end_offset: log.log_end_offset(),
+            });
+        }
+    }
     let mut length = 0;
     for (header, raw) in split_batches(&bytes).map_while(Result::ok) {
         if header.last_offset() >= range.end_offset {

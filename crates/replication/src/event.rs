@@ -62,13 +62,23 @@ pub enum Event {
     LogFailed { reason: String },
     /// A `Flush` is done.
     Flushed { flushed_offset: i64 },
+    /// The runtime compacted the log (`Log::compact`, in the background, below the HW); the
+    /// log's compaction horizon is now `compaction_horizon`. Followers whose log ends between
+    /// the log start and it must copy the log again from the start (see replica/serve.rs).
+    Compacted { compaction_horizon: i64 },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Action {
     /// Append these batches, offsets and epochs already stamped: `Log::append_replicated`,
-    /// which refuses anything not contiguous with the log end. Then report `Appended`.
-    Append { batches: Bytes },
+    /// which refuses anything starting before the log end. Then report `Appended`.
+    /// `compaction_horizon`: the batches are a copy of a leader's compacted log that may lack
+    /// tombstones below this offset: raise the log's horizon to it first
+    /// (`Log::raise_compaction_horizon`), so no crash leaves them uncovered.
+    Append {
+        batches: Bytes,
+        compaction_horizon: Option<i64>,
+    },
     /// Cut the log to `offset` (`Log::truncate_to`).
     Truncate { offset: i64 },
     /// Empty the log and restart it at `offset` (`Log::truncate_fully_and_start_at`).

@@ -7,6 +7,11 @@
 //! driver confirmed ([`crate::Event::Appended`]). Nothing is counted toward the HW, acked,
 //! or reported to a leader before it is confirmed (and flushed, where durability asks).
 //!
+//! Compaction changes none of this: it keeps offsets, the log end, epochs and each producer's
+//! last batches (`CompactionConfig::producer_batches_retained`, 5 like the producer table
+//! here), so the model needs no news of rewritten segments, only the new compaction horizon
+//! ([`crate::Event::Compacted`]).
+//!
 //! The model mirrors the storage crate's rules exactly (the same [`EpochCache`] code, the same
 //! truncation rules); the test kit checks after every step that model and
 //! [`tandem_storage::Log`] agree.
@@ -26,6 +31,10 @@ pub struct LocalLog {
     pub(crate) flushed_offset: i64,
     pub(crate) epochs: EpochCache,
     pub(crate) producers: ProducerTable,
+    /// Below this offset tombstones may be missing from the log (`Log::compaction_horizon`):
+    /// a follower whose log ends in between must copy the log again from the start. May run
+    /// past the LEO while copied batches are on their way; only `min(horizon, LEO)` counts.
+    pub(crate) compaction_horizon: i64,
 }
 
 impl LocalLog {
@@ -38,6 +47,7 @@ impl LocalLog {
             flushed_offset: 0,
             epochs: EpochCache::new(),
             producers: ProducerTable::new(),
+            compaction_horizon: 0,
         }
     }
 
@@ -54,7 +64,24 @@ impl LocalLog {
             flushed_offset: offsets.flushed_offset.min(offsets.log_end_offset),
             epochs,
             producers,
+            compaction_horizon: 0,
         }
+    }
+
+    /// With the log's compaction horizon (`Log::compaction_horizon`).
+    pub fn with_compaction_horizon(mut self, compaction_horizon: i64) -> LocalLog {
+        self.compaction_horizon = compaction_horizon.max(0);
+        self
+    }
+
+    /// Below this offset the log may lack tombstones; at most the LEO.
+    pub fn compaction_horizon(&self) -> i64 {
+        self.compaction_horizon.min(self.log_end_offset)
+    }
+
+    /// Mirrors `Log::raise_compaction_horizon` and a compaction's new horizon.
+    pub(crate) fn raise_compaction_horizon(&mut self, offset: i64) {
+        self.compaction_horizon = self.compaction_horizon.max(offset);
     }
 
     pub fn log_start_offset(&self) -> i64 {
@@ -96,9 +123,12 @@ impl LocalLog {
     /// epochs do not go backwards, as the log will.
     pub(crate) fn issue_append(&mut self, headers: &[BatchHeader]) {
         for header in headers {
-            assert_eq!(
-                header.base_offset, self.pending_end_offset,
-                "appends are contiguous"
+            // Offsets may jump over a gap a leader's compaction left, never go back.
+            assert!(
+                header.base_offset >= self.pending_end_offset,
+                "appends never go back: batch at {} below {}",
+                header.base_offset,
+                self.pending_end_offset
             );
             if header.leader_epoch >= 0 {
                 // Same rule as the log's: the first batch of a newer epoch starts it.
@@ -149,6 +179,7 @@ impl LocalLog {
         self.flushed_offset = self.flushed_offset.min(offset);
         self.epochs.truncate_from_end(offset);
         self.producers.truncate_from(offset);
+        self.compaction_horizon = self.compaction_horizon.min(offset);
     }
 
     /// Mirrors `Log::truncate_fully_and_start_at`.
@@ -160,5 +191,6 @@ impl LocalLog {
         self.flushed_offset = offset;
         self.epochs = EpochCache::new();
         self.producers = ProducerTable::new();
+        self.compaction_horizon = self.compaction_horizon.min(offset);
     }
 }

@@ -23,7 +23,10 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use tandem_storage::batch::{decode_records, split_batches};
-use tandem_storage::{BatchBuilder, Log, LogConfig, ManualClock, MemDir, MemLog, SegmentedLog};
+use tandem_storage::{
+    BatchBuilder, CompactionConfig, CompactionReport, Log, LogConfig, ManualClock, MemDir, MemLog,
+    SegmentedLog,
+};
 
 use crate::driver;
 use crate::error::{IsrChangeError, ProduceError, ReadError};
@@ -135,11 +138,21 @@ impl Cluster {
         min_insync_replicas: usize,
         config: ReplicaConfig,
     ) -> Cluster {
-        let clock = Arc::new(ManualClock::new(0));
         let log_config = LogConfig {
             max_batch_bytes: config.max_batch_bytes,
             ..LogConfig::default()
         };
+        Cluster::with_log_config(replicas, min_insync_replicas, config, log_config)
+    }
+
+    /// With these log settings on every replica (small segments, for compaction).
+    pub fn with_log_config(
+        replicas: &[NodeId],
+        min_insync_replicas: usize,
+        config: ReplicaConfig,
+        log_config: LogConfig,
+    ) -> Cluster {
+        let clock = Arc::new(ManualClock::new(0));
         let nodes = replicas
             .iter()
             .map(|&n| {
@@ -222,6 +235,59 @@ impl Cluster {
         )
     }
 
+    /// Writes to a key-value table on `node`: each `(key, Some(value))` is a put, each
+    /// `(key, None)` a delete (a tombstone), stamped with the cluster's time.
+    pub fn put(&mut self, node: NodeId, records: &[(&str, Option<&str>)], acks: Acks) -> RequestId {
+        let mut builder = BatchBuilder::new(self.now_ms);
+        for (key, value) in records {
+            builder.push(self.now_ms, Some(key.as_bytes()), value.map(str::as_bytes));
+        }
+        let values: Vec<&str> = records.iter().map(|(_, v)| v.unwrap_or("")).collect();
+        self.submit_batch(node, builder, &values, acks, Durability::Replicated)
+    }
+
+    /// Compacts `node`'s log below its HW, as the runtime's background compaction does, and
+    /// tells its replica the new horizon ([`Event::Compacted`]). Compacted logs agree as
+    /// tables, not byte for byte, so the byte comparison below HWs is off from here on
+    /// (compare [`Cluster::table`]s instead).
+    pub fn compact(&mut self, node: NodeId, config: &CompactionConfig) -> CompactionReport {
+        self.check_agreement = false;
+        let high_watermark = self.hw(node);
+        let log = &self.node(node).log;
+        let report = log
+            .compact(high_watermark, self.now_ms, config)
+            .expect("compaction of an in-memory log");
+        let compaction_horizon = log.compaction_horizon();
+        self.trace.push(format!(
+            "{} compact {node} below {high_watermark}: horizon {compaction_horizon}",
+            self.now_ms
+        ));
+        self.step(node, Event::Compacted { compaction_horizon });
+        report
+    }
+
+    /// The key-value table `node` exposes: its records below its HW applied in order, a
+    /// tombstone deleting its key.
+    pub fn table(&self, node: NodeId) -> BTreeMap<String, String> {
+        let high_watermark = self.hw(node);
+        let mut table = BTreeMap::new();
+        for batch in Self::batches(&self.node(node).log, high_watermark) {
+            let header = tandem_storage::batch::validate(&batch).expect("stored batches are valid");
+            for record in decode_records(&batch).expect("stored batches decode") {
+                if header.base_offset + record.offset_delta as i64 >= high_watermark {
+                    break;
+                }
+                let Some(key) = record.key else { continue };
+                let key = String::from_utf8_lossy(&key).into_owned();
+                match record.value {
+                    Some(v) => table.insert(key, String::from_utf8_lossy(&v).into_owned()),
+                    None => table.remove(&key),
+                };
+            }
+        }
+        table
+    }
+
     fn submit(
         &mut self,
         node: NodeId,
@@ -237,6 +303,17 @@ impl Cluster {
         for v in values {
             builder.push(self.now_ms, None, Some(v.as_bytes()));
         }
+        self.submit_batch(node, builder, values, acks, durability)
+    }
+
+    fn submit_batch(
+        &mut self,
+        node: NodeId,
+        builder: BatchBuilder,
+        values: &[&str],
+        acks: Acks,
+        durability: Durability,
+    ) -> RequestId {
         let id = self.new_request_id();
         self.produced.insert(
             id,

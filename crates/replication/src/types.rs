@@ -146,6 +146,10 @@ pub struct ReadRange {
     pub offset: i64,
     pub max_bytes: usize,
     pub end_offset: i64,
+    /// For a follower's fetch from inside the log: the compaction horizon the core checked
+    /// the offset against. A compaction that finished since may have removed tombstones at or
+    /// after `offset`; the driver then refuses the read ([`crate::driver::read_range`]).
+    pub compaction_horizon: Option<i64>,
 }
 
 /// A fetch answer. `R` is a [`ReadRange`] where the core emits it and the read bytes where a

@@ -317,3 +317,133 @@ fn a_new_leader_alone_in_the_isr_serves_the_latest_offset_at_once() {
         .latest_offset(None, tandem_replication::Isolation::Committed);
     assert_eq!(latest, Ok(2));
 }
+
+// ---- compaction of key-value tables: the tombstone horizon ----
+
+mod compaction {
+    use tandem_replication::testkit::Cluster;
+    use tandem_replication::{Acks, ReplicaConfig};
+    use tandem_storage::{CompactionConfig, LogConfig};
+
+    fn table_cluster() -> Cluster {
+        let log_config = LogConfig {
+            segment_bytes: 1024,
+            index_interval_bytes: 64,
+            ..LogConfig::default()
+        };
+        Cluster::with_log_config(&[1, 2, 3], 1, ReplicaConfig::default(), log_config)
+    }
+
+    fn compaction() -> CompactionConfig {
+        CompactionConfig {
+            tombstone_retention_ms: 1_000,
+            ..CompactionConfig::default()
+        }
+    }
+
+    /// Enough puts of other keys to fill a few segments.
+    fn fill(c: &mut Cluster, from: usize) {
+        for i in from..from + 20 {
+            let value = format!("{i:0>60}");
+            c.put(1, &[("filler", Some(&value))], Acks::Leader);
+        }
+        c.settle();
+    }
+
+    /// Kafka's delete.retention.ms hazard. Node 3 holds b=1, stops, and misses the delete of
+    /// b; the leader compacts the delete away once it is old. Fetching on from its own end
+    /// node 3 would never see the delete and keep b forever; the leader refuses that fetch
+    /// (its offset is below the compaction horizon), node 3 empties its log, copies the
+    /// compacted log from the start, and ends with the leader's table.
+    #[test]
+    fn a_follower_behind_the_compaction_horizon_copies_the_log_again_and_converges() {
+        let mut c = table_cluster();
+        c.put(1, &[("a", Some("1")), ("b", Some("1"))], Acks::All);
+        c.settle();
+        c.stop(3);
+        c.put(1, &[("b", None), ("a", Some("2"))], Acks::Leader);
+        fill(&mut c, 0);
+        c.advance(31_000); // 3 leaves the ISR, the delete is now old
+        fill(&mut c, 100);
+        let report = c.compact(1, &compaction());
+        assert_eq!(report.tombstones_removed, 1, "{report:?}");
+        assert!(report.compaction_horizon > 2);
+        assert_eq!(c.leo(3), 2, "node 3 ends below the horizon");
+
+        c.restart(3);
+        c.settle();
+        c.advance(2_000);
+        assert_eq!(c.leo(3), c.leo(1));
+        assert_eq!(c.hw(3), c.hw(1));
+        assert_eq!(c.table(3), c.table(1));
+        assert_eq!(c.table(3).get("b"), None, "the delete reached node 3");
+        assert_eq!(c.table(3).get("a").map(String::as_str), Some("2"));
+        assert_eq!(
+            c.values(3),
+            c.values(1),
+            "node 3 holds a copy of the compacted log"
+        );
+        // Node 2 was in sync all along: it has the delete, so it was never sent back.
+        assert_eq!(c.table(2), c.table(1));
+    }
+
+    /// A follower that already has every tombstone the leader removed (its log ends at or
+    /// above the horizon) goes on from its end: nothing is copied again.
+    #[test]
+    fn a_follower_at_or_above_the_horizon_fetches_on_from_its_end() {
+        let mut c = table_cluster();
+        c.put(1, &[("a", Some("1")), ("b", Some("1"))], Acks::All);
+        c.put(1, &[("b", None)], Acks::All);
+        fill(&mut c, 0);
+        c.stop(3);
+        let stopped_at = c.leo(3);
+        fill(&mut c, 100);
+        c.advance(31_000);
+        fill(&mut c, 200);
+        let report = c.compact(1, &compaction());
+        assert_eq!(report.tombstones_removed, 1);
+        assert!(report.compaction_horizon <= stopped_at);
+        let before = c.values(3);
+
+        c.restart(3);
+        c.settle();
+        c.advance(2_000);
+        assert_eq!(c.leo(3), c.leo(1));
+        assert_eq!(c.table(3), c.table(1));
+        let after = c.values(3);
+        assert_eq!(
+            &after[..before.len()],
+            &before[..],
+            "node 3 kept its own log (b's records included) and appended after it"
+        );
+    }
+
+    /// Every replica compacts its own log; the tables stay identical, and a follower that
+    /// compacted can still lead a follower behind its own horizon back into agreement.
+    #[test]
+    fn every_replica_compacts_and_the_tables_stay_identical_across_a_failover() {
+        let mut c = table_cluster();
+        c.put(
+            1,
+            &[("a", Some("1")), ("b", Some("1")), ("c", Some("1"))],
+            Acks::All,
+        );
+        c.settle();
+        c.stop(3);
+        c.put(1, &[("b", None), ("c", Some("2"))], Acks::All);
+        fill(&mut c, 0);
+        c.advance(31_000);
+        fill(&mut c, 100);
+        c.compact(1, &compaction());
+        c.compact(2, &compaction());
+        assert_eq!(c.table(1), c.table(2));
+        // 1 dies; 2 leads; 3 comes back behind 2's horizon.
+        c.stop(1);
+        c.elect(2);
+        c.restart(3);
+        c.settle();
+        c.advance(2_000);
+        assert_eq!(c.table(3), c.table(2));
+        assert_eq!(c.table(3).get("b"), None);
+    }
+}

@@ -231,6 +231,57 @@ fn reads(c: &mut Criterion, dir: &Path) {
     group.finish();
 }
 
+/// Compaction of a table log: 64 MiB of 100-byte values over 20,000 keys (each written ~30
+/// times), 8 MiB segments, everything below the end. Each round builds a fresh log (not
+/// timed) and times one `compact`; MB/s counts the bytes of the segments it cleaned. Not a
+/// criterion group: a compaction destroys its input.
+fn compaction(dir: &Path) {
+    let keys = 20_000u64;
+    for round in 0..3 {
+        let path = dir.join(format!("compact-{round}"));
+        let config = LogConfig {
+            segment_bytes: 8 << 20,
+            flush: FlushPolicy::Never,
+            ..LogConfig::default()
+        };
+        let log = DiskLog::open_path(&path, config).expect("open a bench log");
+        let value = [b'v'; RECORD_BYTES];
+        let mut i = 0u64;
+        while log.size_bytes() < 64 << 20 {
+            let mut builder = BatchBuilder::new(1_700_000_000_000);
+            while builder.size_estimate() + RECORD_BYTES + 24 <= BATCH_BYTES {
+                let key = format!("key-{:08}", (i * 7919) % keys);
+                builder.push(1_700_000_000_000, Some(key.as_bytes()), Some(&value));
+                i += 1;
+            }
+            log.append_as_leader(&mut builder.build(), 1).expect("fill");
+        }
+        log.flush().expect("flush");
+        let up_to = log.log_end_offset();
+        let start = Instant::now();
+        let report = log
+            .compact(
+                up_to,
+                1_700_000_000_000,
+                &tandem_storage::CompactionConfig::default(),
+            )
+            .expect("compact");
+        let elapsed = start.elapsed();
+        record("log compaction", report.bytes_before, elapsed, 0, 0);
+        println!(
+            "compaction round {round}: {} segments, {} -> {} bytes, {} records removed, {:.1} ms, {} bytes read",
+            report.segments_rewritten,
+            report.bytes_before,
+            report.bytes_after,
+            report.records_removed,
+            elapsed.as_secs_f64() * 1e3,
+            report.bytes_read
+        );
+        drop(log);
+        let _ = std::fs::remove_dir_all(&path);
+    }
+}
+
 fn summary(dir: &Path) {
     let tallies = TALLIES.lock().unwrap().clone();
     let rate = |case: &str| {
@@ -251,7 +302,7 @@ fn summary(dir: &Path) {
         "{:<42} {:>10} {:>22} {:>16}",
         "case", "MB/s", "ratio", "fsyncs/append"
     );
-    let rows: [(&str, &str); 9] = [
+    let rows: [(&str, &str); 10] = [
         ("raw write", "raw write"),
         ("log append, flush never", "raw write"),
         ("raw write+fdatasync", "raw write+fdatasync"),
@@ -269,6 +320,7 @@ fn summary(dir: &Path) {
         ),
         ("raw pread", "raw pread"),
         ("log read", "raw pread"),
+        ("log compaction", "log read"),
         ("", ""),
     ];
     for (case, baseline) in rows.iter().filter(|(c, _)| !c.is_empty()) {
@@ -293,6 +345,7 @@ fn main() {
     let mut criterion = Criterion::default().configure_from_args();
     appends(&mut criterion, &dir);
     reads(&mut criterion, &dir);
+    compaction(&dir);
     criterion.final_summary();
     summary(&dir);
     let _ = std::fs::remove_dir_all(&dir);

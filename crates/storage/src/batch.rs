@@ -340,6 +340,17 @@ pub struct Record {
 /// Decodes the records of an uncompressed batch. Compressed batches are stored and served
 /// verbatim; decoding them is the business of whoever needs their records.
 pub fn decode_records(batch: &Bytes) -> Result<Vec<Record>, BatchError> {
+    Ok(decode_records_with_spans(batch)?
+        .into_iter()
+        .map(|(record, _)| record)
+        .collect())
+}
+
+/// [`decode_records`], with the bytes each record occupies in `batch` (its length varint
+/// included): what compaction copies when it rewrites a batch with fewer records.
+pub fn decode_records_with_spans(
+    batch: &Bytes,
+) -> Result<Vec<(Record, std::ops::Range<usize>)>, BatchError> {
     let header = validate(batch)?;
     if header.compression() != Compression::None {
         return Err(BatchError::MalformedRecord(
@@ -350,6 +361,7 @@ pub fn decode_records(batch: &Bytes) -> Result<Vec<Record>, BatchError> {
     let mut pos = 0;
     let mut records = Vec::with_capacity(header.record_count.max(0) as usize);
     for _ in 0..header.record_count {
+        let start = pos;
         let len = get_varint(&body, &mut pos)?;
         if len < 0 {
             return Err(BatchError::MalformedRecord("negative record length"));
@@ -383,19 +395,44 @@ pub fn decode_records(batch: &Bytes) -> Result<Vec<Record>, BatchError> {
                 "record length disagrees with its fields",
             ));
         }
-        records.push(Record {
-            offset_delta,
-            timestamp_delta,
-            key,
-            value,
-            headers,
-        });
+        records.push((
+            Record {
+                offset_delta,
+                timestamp_delta,
+                key,
+                value,
+                headers,
+            },
+            HEADER_LEN + start..HEADER_LEN + end,
+        ));
         pos = end;
     }
     if pos != body.len() {
         return Err(BatchError::MalformedRecord("bytes after the last record"));
     }
     Ok(records)
+}
+
+/// A copy of the valid batch `original` holding only the records at `kept` (byte ranges of
+/// `original`, in order, from [`decode_records_with_spans`]), as Kafka's cleaner writes it:
+/// the same base offset, leader epoch, attributes, last offset delta (so the batch still ends
+/// at the same offset), timestamps and producer id / epoch / base sequence; a new record count,
+/// length and CRC32C. With no records kept it is the bare header Kafka keeps for a producer's
+/// last batch.
+pub fn rewrite_with_records(original: &[u8], kept: &[std::ops::Range<usize>]) -> BytesMut {
+    let records_len: usize = kept.iter().map(|r| r.len()).sum();
+    let mut out = BytesMut::with_capacity(HEADER_LEN + records_len);
+    out.extend_from_slice(&original[..HEADER_LEN]);
+    for range in kept {
+        out.extend_from_slice(&original[range.clone()]);
+    }
+    let length = (HEADER_LEN - LOG_OVERHEAD + records_len) as i32;
+    out[BATCH_LENGTH_OFFSET..BATCH_LENGTH_OFFSET + 4].copy_from_slice(&length.to_be_bytes());
+    out[RECORD_COUNT_OFFSET..RECORD_COUNT_OFFSET + 4]
+        .copy_from_slice(&(kept.len() as i32).to_be_bytes());
+    let crc = compute_crc(&out);
+    out[CRC_OFFSET..CRC_OFFSET + 4].copy_from_slice(&crc.to_be_bytes());
+    out
 }
 
 /// Builds an uncompressed v2 batch: what a producer does before sending, and what tests,
@@ -580,6 +617,39 @@ mod tests {
             assert_eq!(get_varlong(&out, &mut pos).unwrap(), v);
             assert_eq!(pos, out.len());
         }
+    }
+
+    #[test]
+    fn a_rewritten_batch_keeps_its_header_and_chosen_records() {
+        let mut original = sample();
+        set_base_offset(&mut original, 500);
+        set_leader_epoch(&mut original, 4);
+        let original = original.freeze();
+        let spans = decode_records_with_spans(&original).unwrap();
+        let kept = vec![spans[0].1.clone(), spans[2].1.clone()];
+        let rewritten = rewrite_with_records(&original, &kept).freeze();
+        let before = validate(&original).unwrap();
+        let after = validate(&rewritten).unwrap();
+        assert_eq!(after.record_count, 2);
+        assert_eq!(
+            (after.base_offset, after.leader_epoch, after.last_offset()),
+            (
+                before.base_offset,
+                before.leader_epoch,
+                before.last_offset()
+            )
+        );
+        assert_eq!(
+            (after.producer_id, after.producer_epoch, after.base_sequence),
+            (7, 1, 40)
+        );
+        let records = decode_records(&rewritten).unwrap();
+        assert_eq!(records[0].key.as_deref(), Some(&b"k1"[..]));
+        assert_eq!(records[1].offset_delta, 2);
+        let empty = rewrite_with_records(&original, &[]);
+        let header = validate(&empty).unwrap();
+        assert_eq!((header.record_count, header.last_offset()), (0, 502));
+        assert_eq!(empty.len(), HEADER_LEN);
     }
 
     #[test]

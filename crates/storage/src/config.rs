@@ -87,6 +87,50 @@ impl LogConfig {
     }
 }
 
+/// How [`crate::Log::compact`] cleans a key-value table's log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CompactionConfig {
+    /// A tombstone (null value) that is the latest record of its key is removed once its
+    /// batch's max timestamp is more than this many ms before `now_ms` (Kafka's
+    /// `delete.retention.ms`). A batch without a timestamp keeps its tombstones.
+    pub tombstone_retention_ms: i64,
+    /// The last this-many batches of each idempotent producer are kept, at least as a bare
+    /// header, so that the producer table rebuilt from the log still recognises retries
+    /// (the replication core remembers 5 per producer, as Kafka does).
+    pub producer_batches_retained: usize,
+    /// Adjacent cleaned segments are merged into one file while their total stays within this.
+    pub max_segment_bytes: u64,
+}
+
+impl Default for CompactionConfig {
+    fn default() -> CompactionConfig {
+        CompactionConfig {
+            tombstone_retention_ms: 24 * 3600 * 1000,
+            producer_batches_retained: 5,
+            max_segment_bytes: 1 << 30,
+        }
+    }
+}
+
+impl CompactionConfig {
+    pub fn validate(&self) -> Result<(), String> {
+        if self.tombstone_retention_ms < 0 {
+            return Err(format!(
+                "tombstone_retention_ms {} must not be negative",
+                self.tombstone_retention_ms
+            ));
+        }
+        if self.max_segment_bytes == 0 || self.max_segment_bytes > LogConfig::MAX_SEGMENT_BYTES {
+            return Err(format!(
+                "max_segment_bytes {} must be between 1 and {}",
+                self.max_segment_bytes,
+                LogConfig::MAX_SEGMENT_BYTES
+            ));
+        }
+        Ok(())
+    }
+}
+
 /// Milliseconds since the Unix epoch, as the log sees them.
 pub trait Clock: Send + Sync + 'static {
     fn now_ms(&self) -> i64;

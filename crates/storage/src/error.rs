@@ -39,6 +39,15 @@ pub enum StorageError {
         file: String,
         reason: String,
     },
+    #[error(
+        "corrupt batch in {dir}/{segment} at byte {position}: {reason} (run `tandem log check`)"
+    )]
+    CorruptSegment {
+        dir: String,
+        segment: String,
+        position: u64,
+        reason: String,
+    },
     #[error("invalid argument: {0}")]
     InvalidArgument(String),
     #[error("the batch at offset {offset} was truncated before it was synced")]

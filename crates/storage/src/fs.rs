@@ -51,6 +51,10 @@ pub trait Directory: Send + Sync + 'static {
     /// Replaces `name` with `data` atomically and durably: write a temporary file, sync it,
     /// rename it over `name`, sync the directory. A crash leaves the old or the new content.
     fn write_atomic(&self, name: &str, data: &[u8]) -> io::Result<()>;
+    /// Renames `from` to `to`, replacing any file named `to`, atomically: the directory names
+    /// the old or the new file, never neither. Durable only after [`Directory::sync`]. Open
+    /// handles of either file keep reading the content they had (POSIX semantics).
+    fn rename(&self, from: &str, to: &str) -> io::Result<()>;
     /// Makes file creations and removals durable (fsync of the directory).
     fn sync(&self) -> io::Result<()>;
 }
@@ -171,6 +175,10 @@ impl Directory for OsDir {
         drop(file);
         std::fs::rename(&temp, self.path.join(name))?;
         self.sync()
+    }
+
+    fn rename(&self, from: &str, to: &str) -> io::Result<()> {
+        std::fs::rename(self.path.join(from), self.path.join(to))
     }
 
     fn sync(&self) -> io::Result<()> {
@@ -439,6 +447,18 @@ impl Directory for MemDir {
         Ok(())
     }
 
+    fn rename(&self, from: &str, to: &str) -> io::Result<()> {
+        let mut state = self.state.lock();
+        // The file object moves: handles opened under either name keep their content, as an
+        // open file descriptor does on a real file system.
+        let file = state
+            .entries
+            .remove(from)
+            .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, format!("no file {from}")))?;
+        state.entries.insert(to.to_string(), file);
+        Ok(())
+    }
+
     fn sync(&self) -> io::Result<()> {
         let mut state = self.state.lock();
         state.durable_entries = state.entries.clone();
@@ -485,6 +505,51 @@ mod tests {
             Some(6),
             "an unsynced truncation is undone"
         );
+    }
+
+    #[test]
+    fn mem_rename_is_durable_only_after_a_directory_sync() {
+        let dir = MemDir::new();
+        let old = dir.create("a").unwrap();
+        old.write_at(0, b"old").unwrap();
+        old.sync_data().unwrap();
+        let new = dir.create("a.swap").unwrap();
+        new.write_at(0, b"new").unwrap();
+        new.sync_data().unwrap();
+        dir.sync().unwrap();
+        dir.rename("a.swap", "a").unwrap();
+        let mut buf = [0u8; 3];
+        old.read_at(0, &mut buf).unwrap();
+        assert_eq!(
+            &buf, b"old",
+            "a handle of the replaced file keeps its content"
+        );
+        dir.crash_clean_cut();
+        assert_eq!(dir.read("a").unwrap().as_deref(), Some(&b"old"[..]));
+        assert!(
+            dir.read("a.swap").unwrap().is_some(),
+            "the unsynced rename is undone"
+        );
+        dir.rename("a.swap", "a").unwrap();
+        dir.sync().unwrap();
+        dir.crash_clean_cut();
+        assert_eq!(dir.read("a").unwrap().as_deref(), Some(&b"new"[..]));
+        assert_eq!(dir.list().unwrap(), vec!["a".to_string()]);
+    }
+
+    #[test]
+    fn os_rename_keeps_open_handles_reading_the_old_file() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = OsDir::existing(tmp.path()).unwrap();
+        let old = dir.create("a").unwrap();
+        SegmentFile::write_at(&old, 0, b"old").unwrap();
+        let new = dir.create("b").unwrap();
+        SegmentFile::write_at(&new, 0, b"new").unwrap();
+        dir.rename("b", "a").unwrap();
+        let mut buf = [0u8; 3];
+        SegmentFile::read_at(&old, 0, &mut buf).unwrap();
+        assert_eq!(&buf, b"old");
+        assert_eq!(dir.read("a").unwrap().as_deref(), Some(&b"new"[..]));
     }
 
     #[test]

@@ -19,8 +19,10 @@ pub mod log;
 pub mod segment;
 
 pub use batch::{BatchBuilder, BatchError, BatchHeader};
-pub use config::{Clock, FlushPolicy, LogConfig, ManualClock, SystemClock};
+pub use config::{Clock, CompactionConfig, FlushPolicy, LogConfig, ManualClock, SystemClock};
 pub use epoch::{EpochCache, EpochEntry, NonMonotonicEpoch};
 pub use error::{Result, StorageError};
 pub use fs::{Directory, MemDir, OsDir, SegmentFile};
-pub use log::{AppendInfo, DiskLog, Log, LogOffsets, MemLog, RetentionOutcome, SegmentedLog};
+pub use log::{
+    AppendInfo, CompactionReport, DiskLog, Log, LogOffsets, MemLog, RetentionOutcome, SegmentedLog,
+};

@@ -11,10 +11,14 @@
 //!    leader-epoch-checkpoint            epoch -> start offset      (atomic rewrite)
 //!    high-watermark                     last checkpointed HW       (atomic rewrite)
 //!    log-start-offset                   when the log starts inside its first segment
+//!    compaction-horizon                 tombstones below it may be gone (atomic rewrite)
+//!    offset-gaps                        the log may have offset gaps (compaction)
 //! ```
 //!
-//! Locks, always taken in this order: `flush_lock` (held across an fsync, and by truncation),
-//! `checkpoint_lock` (HW checkpoint writes, and truncation, which may lower the HW), `state`.
+//! Locks, always taken in this order: `compaction_lock` (one compaction at a time, held while
+//! it reads and writes without the others), `flush_lock` (held across an fsync, and by
+//! truncation), `checkpoint_lock` (HW and compaction horizon checkpoint writes, and
+//! truncation, which may lower both), `state`.
 //! Appends hold `state` only, so they go on while another thread waits on an fsync; the next
 //! flusher's fsync then covers all of them (group commit).
 
@@ -27,17 +31,28 @@ use parking_lot::{Mutex, RwLock};
 use tracing::{info, warn};
 
 use crate::batch::{self, BatchError, BatchHeader};
-use crate::config::{Clock, FlushPolicy, LogConfig, SystemClock};
+use crate::config::{Clock, CompactionConfig, FlushPolicy, LogConfig, SystemClock};
 use crate::epoch::{EpochCache, EpochEntry};
 use crate::error::{IoContext, Result, StorageError};
 use crate::fs::{Directory, MemDir, OsDir, SegmentFile, TEMP_SUFFIX};
 use crate::segment::{self, Segment, INDEX_SUFFIX, LOG_SUFFIX, TIME_INDEX_SUFFIX};
+
+mod compact;
 
 pub const MARKER_FILE: &str = "tandem-log";
 const MARKER_CONTENT: &str = "tandem-log 1\n";
 pub const EPOCH_FILE: &str = "leader-epoch-checkpoint";
 pub const HIGH_WATERMARK_FILE: &str = "high-watermark";
 pub const LOG_START_FILE: &str = "log-start-offset";
+pub const COMPACTION_HORIZON_FILE: &str = "compaction-horizon";
+/// Present once the log may have offset gaps (compacted, or copied from a compacted log):
+/// recovery then accepts a batch that starts after the previous one ends.
+pub const GAPS_FILE: &str = "offset-gaps";
+/// Suffix of a segment file (or index) compaction is writing; residue of a crash if found.
+pub const CLEANED_SUFFIX: &str = ".cleaned";
+/// Suffix of a cleaned file committed to replace several segments; a crash leaves it for the
+/// next open to finish the swap.
+pub const SWAP_SUFFIX: &str = ".swap";
 
 /// What an append wrote.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -57,6 +72,28 @@ pub struct RetentionOutcome {
     pub segments_deleted: usize,
     pub bytes_deleted: u64,
     pub log_start_offset: i64,
+}
+
+/// What a compaction did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct CompactionReport {
+    /// Sealed segments replaced by cleaned files.
+    pub segments_rewritten: usize,
+    /// Cleaned files that replaced them (fewer when small segments were merged).
+    pub segments_written: usize,
+    /// Segments whose cleaning was abandoned because a truncation or retention changed them
+    /// meanwhile; the next compaction tries again.
+    pub segments_abandoned: usize,
+    /// Size of the rewritten segments before and after.
+    pub bytes_before: u64,
+    pub bytes_after: u64,
+    /// Bytes of log read (the key map scan and the cleaning pass).
+    pub bytes_read: u64,
+    /// Records removed, tombstones among them.
+    pub records_removed: u64,
+    pub tombstones_removed: u64,
+    /// The log's compaction horizon after this compaction.
+    pub compaction_horizon: i64,
 }
 
 /// The offsets that bound a log.
@@ -98,6 +135,14 @@ pub struct LogOffsets {
 /// - **Recovery.** Opening a log validates the active segment batch by batch and cuts it at
 ///   the first torn or corrupt batch; nothing before that byte is lost. It never cuts to the
 ///   high watermark.
+/// - **Gaps.** Compaction removes records, so offsets may be missing: a batch starts at or
+///   after the end of the one before it. A read at an offset inside a gap returns the batches
+///   from the next one; `append_replicated` accepts a batch starting after the log end;
+///   `truncate_to(o)` with `o` inside a gap leaves the log end at `o`.
+/// - **Compaction.** [`compact`](Log::compact) keeps, in sealed segments wholly below its
+///   `up_to`, the latest record of each key, offsets unchanged; see docs/storage.md.
+///   [`compaction_horizon`](Log::compaction_horizon) is durable and only goes down with
+///   truncation: below it, tombstones may be gone.
 pub trait Log: Send + Sync {
     /// Appends batches produced by clients, as the leader of `leader_epoch`.
     fn append_as_leader(&self, batches: &mut [u8], leader_epoch: i32) -> Result<AppendInfo>;
@@ -136,6 +181,28 @@ pub trait Log: Send + Sync {
     fn end_offset_for_epoch(&self, epoch: i32) -> Option<EpochEntry>;
     /// Durably records the high watermark, for the next open.
     fn checkpoint_high_watermark(&self, high_watermark: i64) -> Result<()>;
+    /// Compacts the sealed segments that lie wholly below `up_to` (the caller's HW; the
+    /// active segment never): each keeps, of the records below `up_to`, only the latest of
+    /// each key; a latest tombstone goes once its batch's max timestamp is more than
+    /// `config.tombstone_retention_ms` before `now_ms`; records without a key always stay.
+    /// Offsets, leader epochs and producer fields are kept; a segment's last batch and each
+    /// producer's last batches stay at least as a bare header. Runs without blocking appends,
+    /// reads or truncation; a segment that changed meanwhile is left for the next run.
+    fn compact(
+        &self,
+        up_to: i64,
+        now_ms: i64,
+        config: &CompactionConfig,
+    ) -> Result<CompactionReport>;
+    /// Below this offset tombstones may have been removed, from this log by compaction or
+    /// from the log it was copied from ([`raise_compaction_horizon`](Log::raise_compaction_horizon)):
+    /// a replica whose log ends in between cannot catch up by fetching from its end, it must
+    /// copy the log from the start. At most the log end; 0 for a log never compacted.
+    fn compaction_horizon(&self) -> i64;
+    /// Durably raises the compaction horizon to `offset` (never lowers it): a follower about to
+    /// append batches copied from a compacted log. May exceed the log end until they arrive;
+    /// [`compaction_horizon`](Log::compaction_horizon) reports at most the log end.
+    fn raise_compaction_horizon(&self, offset: i64) -> Result<()>;
     /// Flushes; the log may be dropped after this.
     fn close(&self) -> Result<()>;
 }
@@ -145,6 +212,10 @@ struct LogState<F> {
     log_start_offset: i64,
     epochs: EpochCache,
     high_watermark: i64,
+    /// As checkpointed; may exceed the log end after `raise_compaction_horizon`.
+    compaction_horizon: i64,
+    /// [`GAPS_FILE`] is on disk.
+    may_have_gaps: bool,
 }
 
 impl<F: SegmentFile> LogState<F> {
@@ -205,6 +276,11 @@ pub struct SegmentedLog<D: Directory> {
     /// Bytes recovery removed when this log was opened (a torn or corrupt tail, and segments
     /// after it): a replica that lost data must say so when it registers.
     recovery_removed_bytes: u64,
+    /// One compaction at a time.
+    compaction_lock: Mutex<()>,
+    /// Bumped by every truncation: a compaction that read the log before one abandons its swap
+    /// (its key map may name records that are gone).
+    truncations: AtomicU64,
 }
 
 /// A log on the local file system.
@@ -228,9 +304,27 @@ fn is_own_temp_file(name: &str) -> bool {
     let Some(target) = name.strip_suffix(TEMP_SUFFIX) else {
         return false;
     };
-    [MARKER_FILE, EPOCH_FILE, HIGH_WATERMARK_FILE, LOG_START_FILE].contains(&target)
+    [
+        MARKER_FILE,
+        EPOCH_FILE,
+        HIGH_WATERMARK_FILE,
+        LOG_START_FILE,
+        COMPACTION_HORIZON_FILE,
+        GAPS_FILE,
+    ]
+    .contains(&target)
         || segment::parse_file_name(target, INDEX_SUFFIX).is_some()
         || segment::parse_file_name(target, TIME_INDEX_SUFFIX).is_some()
+}
+
+/// A file a compaction was writing when a crash stopped it, before it committed the swap.
+fn is_cleaned_file(name: &str) -> bool {
+    let Some(target) = name.strip_suffix(CLEANED_SUFFIX) else {
+        return false;
+    };
+    [LOG_SUFFIX, INDEX_SUFFIX, TIME_INDEX_SUFFIX]
+        .iter()
+        .any(|suffix| segment::parse_file_name(target, suffix).is_some())
 }
 
 fn parse_i64_checkpoint(dir: &str, file: &str, data: Option<Vec<u8>>) -> Result<Option<i64>> {
@@ -273,10 +367,20 @@ impl<D: Directory> SegmentedLog<D> {
                 info!(log = %place, file = %name, "removing a checkpoint left half-written by a crash");
                 let _ = dir.remove(name);
                 false
+            } else if is_cleaned_file(name) {
+                info!(log = %place, file = %name, "removing a file of a compaction a crash interrupted before its swap");
+                let _ = dir.remove(name);
+                false
             } else {
                 true
             }
         });
+        if Self::finish_swaps(&dir, &place, &names, now)? {
+            names = dir
+                .list()
+                .context(&place, || "listing the directory".into())?;
+            names.sort();
+        }
 
         let log_start_checkpoint = parse_i64_checkpoint(
             &place,
@@ -314,6 +418,7 @@ impl<D: Directory> SegmentedLog<D> {
         let rebuild_epochs = saved_epochs.is_none();
         let mut epochs = saved_epochs.clone().unwrap_or_default();
 
+        let may_have_gaps = names.iter().any(|n| n == GAPS_FILE);
         let bases: Vec<i64> = names
             .iter()
             .filter_map(|n| segment::parse_file_name(n, LOG_SUFFIX))
@@ -344,9 +449,10 @@ impl<D: Directory> SegmentedLog<D> {
                 continue;
             }
             if let Some(prev) = segments.values().next_back() {
-                if prev.next_offset != base {
+                // Compaction leaves gaps, so a segment may start after the previous one ends.
+                if base < prev.next_offset || (!may_have_gaps && base != prev.next_offset) {
                     warn!(log = %place, segment = %log_name, expected = prev.next_offset,
-                        "segment does not start where the previous one ends; deleting it and every later segment");
+                        "segment starts before the previous one ends; deleting it and every later segment");
                     damaged = true;
                     bytes_removed += dir.open(&log_name).and_then(|f| f.len()).unwrap_or(0);
                     Self::remove_segment_files(&dir, &place, base)?;
@@ -387,8 +493,16 @@ impl<D: Directory> SegmentedLog<D> {
             };
             let (segment, damage) = if is_last || rebuild_epochs {
                 // The active segment may hold a torn or unsynced tail: check every byte.
-                Segment::scan(base, file, interval, true, now, &mut note_epoch)
-                    .context(&place, || format!("scanning {log_name}"))?
+                Segment::scan(
+                    base,
+                    file,
+                    interval,
+                    true,
+                    may_have_gaps,
+                    now,
+                    &mut note_epoch,
+                )
+                .context(&place, || format!("scanning {log_name}"))?
             } else {
                 let index = dir
                     .read(&segment::file_name(base, INDEX_SUFFIX))
@@ -397,10 +511,16 @@ impl<D: Directory> SegmentedLog<D> {
                     .read(&segment::file_name(base, TIME_INDEX_SUFFIX))
                     .context(&place, || "reading a time index".into())?;
                 let loaded = match (index, time_index) {
-                    (Some(index), Some(time_index)) => {
-                        Segment::load(base, file, &index, &time_index, interval, now)
-                            .context(&place, || format!("loading {log_name}"))?
-                    }
+                    (Some(index), Some(time_index)) => Segment::load(
+                        base,
+                        file,
+                        &index,
+                        &time_index,
+                        interval,
+                        may_have_gaps,
+                        now,
+                    )
+                    .context(&place, || format!("loading {log_name}"))?,
                     (index, _) => Err((
                         file,
                         format!(
@@ -417,9 +537,16 @@ impl<D: Directory> SegmentedLog<D> {
                     Ok(segment) => (segment, None),
                     Err((file, reason)) => {
                         warn!(log = %place, segment = %log_name, %reason, "rebuilding the segment's indexes");
-                        let rebuilt =
-                            Segment::scan(base, file, interval, true, now, &mut note_epoch)
-                                .context(&place, || format!("scanning {log_name}"))?;
+                        let rebuilt = Segment::scan(
+                            base,
+                            file,
+                            interval,
+                            true,
+                            may_have_gaps,
+                            now,
+                            &mut note_epoch,
+                        )
+                        .context(&place, || format!("scanning {log_name}"))?;
                         if rebuilt.1.is_none() {
                             Self::write_indexes(&dir, &place, &rebuilt.0)?;
                         }
@@ -492,6 +619,22 @@ impl<D: Directory> SegmentedLog<D> {
             )
             .context(&place, || "writing the HW checkpoint".into())?;
         }
+        let horizon_checkpoint = parse_i64_checkpoint(
+            &place,
+            COMPACTION_HORIZON_FILE,
+            dir.read(COMPACTION_HORIZON_FILE)
+                .context(&place, || "reading the compaction horizon".into())?,
+        )?;
+        // A horizon past the end (a raise before a copied append that a crash lost, or a tail
+        // recovery cut) covers only the log there is.
+        let compaction_horizon = horizon_checkpoint.unwrap_or(0).min(log_end_offset);
+        if horizon_checkpoint.is_some_and(|c| c != compaction_horizon) {
+            dir.write_atomic(
+                COMPACTION_HORIZON_FILE,
+                format!("{compaction_horizon}\n").as_bytes(),
+            )
+            .context(&place, || "writing the compaction horizon".into())?;
+        }
         // What was read back from the file may sit only in the page cache of a process that
         // died; sync it so that `flushed_offset` can start at the log end.
         let active = segments.values().next_back().expect("created above");
@@ -505,6 +648,8 @@ impl<D: Directory> SegmentedLog<D> {
             log_start_offset,
             epochs,
             high_watermark,
+            compaction_horizon,
+            may_have_gaps,
         };
         state.check_invariants();
         Ok(SegmentedLog {
@@ -520,7 +665,47 @@ impl<D: Directory> SegmentedLog<D> {
             last_flush_ms: AtomicI64::new(now),
             sync_count: AtomicU64::new(0),
             recovery_removed_bytes: bytes_removed,
+            compaction_lock: Mutex::new(()),
+            truncations: AtomicU64::new(0),
         })
+    }
+
+    /// Finishes the swaps a crash interrupted after a compaction committed them: a
+    /// `<base>.log.swap` file replaces every segment from `base` to its end. Returns whether
+    /// it changed the directory.
+    fn finish_swaps(dir: &D, place: &str, names: &[String], now: i64) -> Result<bool> {
+        let mut changed = false;
+        for name in names {
+            let Some(base) = name
+                .strip_suffix(SWAP_SUFFIX)
+                .and_then(|target| segment::parse_file_name(target, LOG_SUFFIX))
+            else {
+                continue;
+            };
+            let file = dir
+                .open(name)
+                .context(place, || format!("opening {name}"))?;
+            // Synced before it was committed: the scan only finds where it ends.
+            let (swap, _) = Segment::scan(base, file, u64::MAX, false, true, now, |_| Ok(()))
+                .context(place, || format!("scanning {name}"))?;
+            let end = swap.next_offset;
+            drop(swap);
+            for other in names {
+                if let Some(b) = segment::parse_file_name(other, LOG_SUFFIX) {
+                    if b >= base && b < end.max(base + 1) {
+                        Self::remove_segment_files(dir, place, b)?;
+                    }
+                }
+            }
+            let target = segment::file_name(base, LOG_SUFFIX);
+            dir.rename(name, &target)
+                .context(place, || format!("renaming {name} to {target}"))?;
+            dir.sync()
+                .context(place, || "syncing the directory".into())?;
+            info!(log = %place, segment = %target, end, "finished a compaction swap a crash interrupted");
+            changed = true;
+        }
+        Ok(changed)
     }
 
     fn check_marker(dir: &D, place: &str, names: &[String]) -> Result<()> {
@@ -670,8 +855,15 @@ impl<D: Directory> SegmentedLog<D> {
 
     /// Seals the active segment (synced, indexes written) and starts a new one at the log end.
     fn roll(&self, state: &mut LogState<D::File>) -> Result<()> {
-        let place = &self.place;
         let base = state.log_end_offset();
+        self.roll_to(state, base)
+    }
+
+    /// Seals the active segment and starts a new one at `base` (≥ the log end): the log then
+    /// ends at `base` even with no batch there, durably (the new file's name says so).
+    fn roll_to(&self, state: &mut LogState<D::File>, base: i64) -> Result<()> {
+        debug_assert!(base >= state.log_end_offset());
+        let place = &self.place;
         let active = state.active_mut();
         active
             .file
@@ -790,9 +982,18 @@ impl<D: Directory> SegmentedLog<D> {
         }
         let interval = self.config.index_interval_bytes;
         let active = state.active_mut();
+        // Whether `offset` falls inside a batch (the end then lands below it) or in a gap
+        // compaction left (the end stays at `offset`, as the replication core's model has it).
+        let inside_batch = active
+            .locate(offset)
+            .context(place, || format!("locating offset {offset}"))?
+            .is_some_and(|(_, header)| header.base_offset < offset);
         let removed = active
             .truncate_to(offset, interval)
             .context(place, || format!("truncating to offset {offset}"))?;
+        if !inside_batch && state.log_end_offset() < offset {
+            self.roll_to(state, offset)?;
+        }
         let log_end_offset = state.log_end_offset();
         if removed > 0 {
             info!(log = %place, offset, log_end_offset, bytes = removed, "truncated the log");
@@ -815,6 +1016,38 @@ impl<D: Directory> SegmentedLog<D> {
             .fetch_min(log_end_offset, Ordering::SeqCst);
         state.check_invariants();
         Ok(())
+    }
+
+    /// After a truncation to `log_end_offset`: the horizon covers at most the log that is left
+    /// (what is appended next is new data, with its tombstones). Called with `checkpoint_lock`.
+    fn lower_compaction_horizon(
+        &self,
+        state: &mut LogState<D::File>,
+        log_end_offset: i64,
+    ) -> Result<()> {
+        if state.compaction_horizon > log_end_offset {
+            self.write_compaction_horizon(log_end_offset)?;
+            state.compaction_horizon = log_end_offset;
+        }
+        Ok(())
+    }
+
+    /// Records, durably and before any gap is written, that the log may have offset gaps.
+    /// Called with the state lock, which every writer of [`GAPS_FILE`] holds.
+    fn note_gaps(&self, state: &mut LogState<D::File>) -> Result<()> {
+        if !state.may_have_gaps {
+            self.dir
+                .write_atomic(GAPS_FILE, b"compacted\n")
+                .context(&self.place, || format!("writing {GAPS_FILE}"))?;
+            state.may_have_gaps = true;
+        }
+        Ok(())
+    }
+
+    fn write_compaction_horizon(&self, offset: i64) -> Result<()> {
+        self.dir
+            .write_atomic(COMPACTION_HORIZON_FILE, format!("{offset}\n").as_bytes())
+            .context(&self.place, || "writing the compaction horizon".into())
     }
 
     fn write_high_watermark(&self, offset: i64) -> Result<()> {
@@ -957,7 +1190,8 @@ impl<D: Directory> Log for SegmentedLog<D> {
             let mut expected = first_offset;
             let mut latest_epoch = state.epochs.latest();
             for (_, header) in &headers {
-                if header.base_offset != expected {
+                // A gap is fine (the leader's log is compacted); going back is not.
+                if header.base_offset < expected {
                     return Err(StorageError::NonContiguous {
                         expected,
                         got: header.base_offset,
@@ -984,6 +1218,14 @@ impl<D: Directory> Log for SegmentedLog<D> {
                 }
                 expected = header.next_offset();
             }
+            if expected - first_offset
+                != headers
+                    .iter()
+                    .map(|(_, h)| h.next_offset() - h.base_offset)
+                    .sum::<i64>()
+            {
+                self.note_gaps(&mut state)?;
+            }
             let mut record_count = 0;
             for (position, header) in &headers {
                 let bytes = &batches[*position..*position + header.size() as usize];
@@ -994,7 +1236,7 @@ impl<D: Directory> Log for SegmentedLog<D> {
                 record_count += header.record_count as i64;
             }
             AppendInfo {
-                first_offset,
+                first_offset: headers.first().map_or(first_offset, |(_, h)| h.base_offset),
                 last_offset: expected - 1,
                 batch_count: headers.len(),
                 record_count,
@@ -1068,6 +1310,7 @@ impl<D: Directory> Log for SegmentedLog<D> {
         let flush_guard = self.flush_lock.lock();
         let checkpoint_guard = self.checkpoint_lock.lock();
         let mut state = self.state.write();
+        self.truncations.fetch_add(1, Ordering::SeqCst);
         if offset >= state.log_end_offset() {
             // Nothing to cut, but an epoch that starts at the end owns no offsets: forget it,
             // as Kafka does, or a follower that briefly led could never take the leader's
@@ -1084,7 +1327,9 @@ impl<D: Directory> Log for SegmentedLog<D> {
             drop(flush_guard);
             return self.truncate_fully_and_start_at(offset);
         }
-        self.truncate_locked(&mut state, offset)
+        self.truncate_locked(&mut state, offset)?;
+        let log_end_offset = state.log_end_offset();
+        self.lower_compaction_horizon(&mut state, log_end_offset)
     }
 
     fn truncate_fully_and_start_at(&self, offset: i64) -> Result<()> {
@@ -1097,6 +1342,8 @@ impl<D: Directory> Log for SegmentedLog<D> {
         let _flush_guard = self.flush_lock.lock();
         let _checkpoint_guard = self.checkpoint_lock.lock();
         let mut state = self.state.write();
+        self.truncations.fetch_add(1, Ordering::SeqCst);
+        self.lower_compaction_horizon(&mut state, offset)?;
         let place = &self.place;
         // Old segments go first, durably: a crash before the new start is recorded reopens an
         // empty log at the old start (the follower then asks again), never old data.
@@ -1149,8 +1396,9 @@ impl<D: Directory> Log for SegmentedLog<D> {
             .map(|s| (s.base_offset, s.size))
             .collect();
         self.delete_front_segments(&mut state, &below)?;
-        state.log_start_offset = offset;
-        state.high_watermark = state.high_watermark.max(offset);
+        // With gaps the first segment left may start past `offset`: the start is there then.
+        state.log_start_offset = state.log_start_offset.max(offset);
+        state.high_watermark = state.high_watermark.max(state.log_start_offset);
         if state.epochs.truncate_from_start(offset) {
             self.persist_epochs(&state)?;
         }
@@ -1293,6 +1541,33 @@ impl<D: Directory> Log for SegmentedLog<D> {
             .context(&self.place, || "writing the HW checkpoint".into())?;
         let mut state = self.state.write();
         state.high_watermark = high_watermark.min(state.log_end_offset());
+        Ok(())
+    }
+
+    fn compact(
+        &self,
+        up_to: i64,
+        now_ms: i64,
+        config: &CompactionConfig,
+    ) -> Result<CompactionReport> {
+        self.compact_below(up_to, now_ms, config)
+    }
+
+    fn compaction_horizon(&self) -> i64 {
+        let state = self.state.read();
+        state.compaction_horizon.min(state.log_end_offset())
+    }
+
+    fn raise_compaction_horizon(&self, offset: i64) -> Result<()> {
+        self.check_not_poisoned()?;
+        let _checkpoint_guard = self.checkpoint_lock.lock();
+        if offset <= self.state.read().compaction_horizon {
+            return Ok(());
+        }
+        // Durable before the copied batches are appended, so no crash leaves them uncovered.
+        self.write_compaction_horizon(offset)?;
+        let mut state = self.state.write();
+        state.compaction_horizon = state.compaction_horizon.max(offset);
         Ok(())
     }
 

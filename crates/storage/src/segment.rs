@@ -109,7 +109,8 @@ impl<F: SegmentFile> Segment<F> {
         index_interval_bytes: u64,
         now_ms: i64,
     ) -> io::Result<()> {
-        debug_assert_eq!(header.base_offset, self.next_offset);
+        // Offsets may jump (a gap left by compaction), never go back.
+        debug_assert!(header.base_offset >= self.next_offset);
         if let Err(e) = self.file.write_at(self.size, batch) {
             // Best effort: a partial write must not stay in front of the next append.
             let _ = self.file.set_len(self.size);
@@ -242,12 +243,14 @@ impl<F: SegmentFile> Segment<F> {
         file: F,
         index_interval_bytes: u64,
         check_crc: bool,
+        allow_gaps: bool,
         now_ms: i64,
         mut check_batch: impl FnMut(&BatchHeader) -> Result<(), String>,
     ) -> io::Result<(Segment<F>, Option<Damage>)> {
         let mut segment = Segment::new(base_offset, file, now_ms);
         let file_len = segment.file.len()?;
         let mut scanner = Scanner::new(file_len);
+        scanner.allow_gaps = allow_gaps;
         let damage = loop {
             match scanner.next(&*segment.file, segment.next_offset, check_crc)? {
                 ScanStep::End => break None,
@@ -282,6 +285,7 @@ impl<F: SegmentFile> Segment<F> {
         index_bytes: &[u8],
         time_index_bytes: &[u8],
         index_interval_bytes: u64,
+        allow_gaps: bool,
         now_ms: i64,
     ) -> io::Result<Result<Segment<F>, (F, String)>> {
         let file_len = file.len()?;
@@ -295,8 +299,29 @@ impl<F: SegmentFile> Segment<F> {
             segment.next_offset = base_offset + last.relative_offset as i64;
             segment.offset_of_max_timestamp = segment.next_offset;
         }
+        let has_entry = index.last().is_some();
         segment.index = index;
+        if has_entry && segment.size < file_len {
+            // An index entry names the exact base offset of the batch at its position; one
+            // that does not match belongs to another file (say, the segment before compaction
+            // rewrote it), so the index is not used.
+            let mut buf = [0u8; HEADER_LEN];
+            let at_entry = segment
+                .file
+                .read_at(segment.size, &mut buf)
+                .ok()
+                .and_then(|_| BatchHeader::parse(&buf).ok());
+            if at_entry.is_none_or(|h| h.base_offset != segment.next_offset) {
+                let file = Arc::try_unwrap(segment.file)
+                    .map_err(|_| io::Error::other("segment file still shared while loading"))?;
+                return Ok(Err((
+                    file,
+                    "the last index entry does not name a batch of this file".into(),
+                )));
+            }
+        }
         let mut scanner = Scanner::new(file_len);
+        scanner.allow_gaps = allow_gaps;
         scanner.position = segment.size;
         loop {
             match scanner.next(&*segment.file, segment.next_offset, false)? {
@@ -360,6 +385,8 @@ impl<F: SegmentFile> Segment<F> {
             last_append_ms: self.last_append_ms,
         };
         let mut scanner = Scanner::new(self.file.len()?);
+        // What the log itself accepted before: gaps included.
+        scanner.allow_gaps = true;
         loop {
             match scanner.next(&*fresh.file, fresh.next_offset, false)? {
                 ScanStep::End => break,
@@ -391,6 +418,10 @@ pub enum ScanStep {
 /// Sequential, buffered reader of the batches in a segment file.
 pub struct Scanner {
     pub position: u64,
+    /// Accept a batch that starts after the previous one ends (a log compaction touched):
+    /// otherwise offsets must be contiguous, which catches a flipped base offset, a field the
+    /// CRC does not cover.
+    pub allow_gaps: bool,
     file_len: u64,
     window: Vec<u8>,
     window_start: u64,
@@ -402,6 +433,7 @@ impl Scanner {
     pub fn new(file_len: u64) -> Scanner {
         Scanner {
             position: 0,
+            allow_gaps: false,
             file_len,
             window: Vec::new(),
             window_start: 0,
@@ -455,7 +487,11 @@ impl Scanner {
                 "torn batch: declares {size} bytes, {remaining} remain in the file"
             )));
         }
-        if header.base_offset != expected_offset {
+        // A compacted log has gaps: a batch may start after the previous one ends, never
+        // before it.
+        if header.base_offset < expected_offset
+            || (!self.allow_gaps && header.base_offset != expected_offset)
+        {
             return Ok(ScanStep::Bad(format!(
                 "batch starts at offset {}, expected {expected_offset}",
                 header.base_offset

@@ -88,7 +88,7 @@ fn replicated_appends_keep_offsets_and_must_be_contiguous(h: &impl Harness) {
     );
     assert_eq!(follower.read(0, 1 << 20).unwrap(), fetched, "byte for byte");
     assert_eq!(follower.epochs(), leader.epochs());
-    // A gap, or data the follower already has, is refused and changes nothing.
+    // Data the follower already has is refused and changes nothing.
     let err = follower.append_replicated(&fetched).unwrap_err();
     assert!(
         matches!(
@@ -615,4 +615,379 @@ fn caller_mistakes_are_typed_errors(h: &impl Harness) {
         Err(StorageError::InvalidArgument(_))
     ));
     assert_eq!(log.log_end_offset(), 2);
+}
+
+/// Compaction: the same cases on disk and in memory.
+mod compaction {
+    use std::collections::BTreeMap;
+
+    use super::common::{read_all, Harness};
+    use tandem_storage::batch::{self as batches, BatchBuilder, BatchHeader};
+    use tandem_storage::{CompactionConfig, Log, LogConfig, StorageError};
+
+    /// One record of a table: key, value (None = tombstone).
+    type Put = (Option<&'static str>, Option<String>);
+
+    pub(super) fn table_config() -> LogConfig {
+        LogConfig {
+            segment_bytes: 1024,
+            index_interval_bytes: 64,
+            ..LogConfig::default()
+        }
+    }
+
+    pub(super) fn compaction_config() -> CompactionConfig {
+        CompactionConfig {
+            tombstone_retention_ms: 1_000,
+            producer_batches_retained: 5,
+            max_segment_bytes: 1024,
+        }
+    }
+
+    /// Appends `puts` as one batch stamped `timestamp`, as leader of epoch 1.
+    pub(super) fn put(log: &dyn Log, timestamp: i64, puts: &[Put]) -> BatchHeader {
+        let mut b = BatchBuilder::new(timestamp);
+        for (key, value) in puts {
+            b.push(
+                timestamp,
+                key.map(str::as_bytes),
+                value.as_deref().map(str::as_bytes),
+            );
+        }
+        let mut bytes = b.build();
+        log.append_as_leader(&mut bytes, 1).expect("append");
+        batches::validate(&bytes).expect("valid")
+    }
+
+    /// Every record the log holds: (offset, key, value).
+    pub(super) fn records(log: &dyn Log) -> Vec<(i64, Option<String>, Option<String>)> {
+        let text = |b: Option<bytes::Bytes>| b.map(|b| String::from_utf8_lossy(&b).into_owned());
+        let mut out = Vec::new();
+        for (header, raw) in read_all(log) {
+            for record in batches::decode_records(&raw).expect("decodable") {
+                out.push((
+                    header.base_offset + record.offset_delta as i64,
+                    text(record.key),
+                    text(record.value),
+                ));
+            }
+        }
+        out
+    }
+
+    /// The table the records imply: latest value per key, tombstones delete.
+    pub(super) fn table(
+        records: &[(i64, Option<String>, Option<String>)],
+    ) -> BTreeMap<String, String> {
+        let mut table = BTreeMap::new();
+        for (_, key, value) in records {
+            let Some(key) = key else { continue };
+            match value {
+                Some(v) => table.insert(key.clone(), v.clone()),
+                None => table.remove(key),
+            };
+        }
+        table
+    }
+
+    fn v(s: &str) -> Option<String> {
+        Some(s.to_string())
+    }
+
+    /// Three versions of a, b deleted long ago, c deleted just now, a record without a key.
+    pub(super) fn write_table(log: &dyn Log, old_ms: i64, now_ms: i64) {
+        put(log, old_ms, &[(Some("a"), v("a1")), (Some("b"), v("b1"))]);
+        put(log, old_ms, &[(None, v("no key")), (Some("c"), v("c1"))]);
+        put(log, old_ms, &[(Some("a"), v("a2")), (Some("b"), None)]);
+        for i in 0..12 {
+            put(log, old_ms, &[(Some("filler"), Some(format!("{i:0>40}")))]);
+        }
+        put(log, now_ms, &[(Some("a"), v("a3")), (Some("c"), None)]);
+        for i in 0..12 {
+            put(log, now_ms, &[(Some("d"), Some(format!("{i:0>40}")))]);
+        }
+    }
+
+    pub(super) fn keeps_the_latest_record_per_key_at_its_offset(h: &impl Harness) {
+        let log = h.open(table_config());
+        let now = 10_000_000;
+        write_table(&log, now - 5_000, now);
+        assert!(log.segment_count() > 3);
+        let before = records(&log);
+        let active_before = log.read(log.log_end_offset() - 1, 1 << 20).unwrap();
+        let up_to = log.log_end_offset();
+        let report = log.compact(up_to, now, &compaction_config()).unwrap();
+        let after = records(&log);
+
+        // The model: latest per key among all records below up_to; tombstones only once older
+        // than the retention; records without a key always.
+        let mut latest: BTreeMap<Option<String>, i64> = BTreeMap::new();
+        for (offset, key, _) in &before {
+            latest.insert(key.clone(), *offset);
+        }
+        let sealed_end = after.last().map_or(0, |_| log.log_end_offset());
+        let _ = sealed_end;
+        let expected: Vec<_> = before
+            .iter()
+            .filter(|(offset, key, value)| {
+                let in_active = *offset >= active_start(&log);
+                key.is_none()
+                    || in_active
+                    || (latest[key] == *offset && !(value.is_none() && *offset < 18))
+            })
+            .cloned()
+            .collect();
+        assert_eq!(
+            after, expected,
+            "exactly the latest records, at their offsets"
+        );
+        assert_eq!(table(&after), table(&before), "the table is unchanged");
+        assert!(after.contains(&(1 + 1, None, v("no key"))));
+        assert!(
+            !after
+                .iter()
+                .any(|(_, k, val)| k.as_deref() == Some("b") && val.is_none()),
+            "the expired tombstone of b is gone"
+        );
+        assert!(
+            after
+                .iter()
+                .any(|(_, k, val)| k.as_deref() == Some("c") && val.is_none()),
+            "the fresh tombstone of c stays"
+        );
+        assert_eq!(log.log_end_offset(), up_to, "the log end does not move");
+        assert_eq!(
+            log.read(log.log_end_offset() - 1, 1 << 20).unwrap(),
+            active_before,
+            "the active segment is untouched, byte for byte"
+        );
+        assert!(report.segments_rewritten > 0);
+        assert!(report.bytes_after < report.bytes_before);
+        assert_eq!(report.records_removed as usize, before.len() - after.len());
+        assert_eq!(report.tombstones_removed, 1);
+        assert_eq!(
+            report.compaction_horizon, 6,
+            "b's tombstone was at offset 5"
+        );
+        // Every batch is still a valid v2 batch with its epoch; headers keep their offsets.
+        for (header, raw) in read_all(&log) {
+            assert_eq!(batches::validate(&raw).unwrap(), header);
+            assert_eq!(header.leader_epoch, 1);
+        }
+        // The same after a reopen, and a second compaction finds nothing left to do.
+        drop(log);
+        let log = h.open(table_config());
+        assert_eq!(records(&log), after);
+        assert_eq!(log.compaction_horizon(), 6);
+        let again = log.compact(up_to, now, &compaction_config()).unwrap();
+        assert_eq!(again.records_removed, 0);
+        assert_eq!(records(&log), after);
+    }
+
+    fn active_start(log: &dyn Log) -> i64 {
+        // The active segment starts where the last sealed one ends: find the last batch whose
+        // read from the end comes back alone.
+        let end = log.log_end_offset();
+        let mut start = end;
+        for (header, _) in read_all(log).iter().rev() {
+            let from = log.read(header.base_offset, 1 << 20).unwrap();
+            let last = batches::split_batches(&from).last().unwrap().unwrap().0;
+            if last.next_offset() != end {
+                break;
+            }
+            start = header.base_offset;
+        }
+        start
+    }
+
+    pub(super) fn gaps_are_read_truncated_and_replicated(h: &impl Harness) {
+        let log = h.open(table_config());
+        let now = 10_000_000;
+        write_table(&log, now - 5_000, now);
+        log.compact(log.log_end_offset(), now, &compaction_config())
+            .unwrap();
+        let kept: Vec<i64> = read_all(&log).iter().map(|(h, _)| h.base_offset).collect();
+        let gap = (1..kept.len())
+            .find(|i| kept[*i] > kept[*i - 1] + 2)
+            .expect("compaction left a gap");
+        let inside = kept[gap] - 1;
+        // A read inside a gap returns the next batch.
+        let read = log.read(inside, 1).unwrap();
+        assert_eq!(batches::validate(&read).unwrap().base_offset, kept[gap]);
+        // offset_for_timestamp still answers.
+        assert!(log.offset_for_timestamp(0).unwrap().is_some());
+        // A follower copies the compacted log, gaps and all, byte for byte.
+        let follower = h.open_other(table_config());
+        let mut offset = 0;
+        while offset < log.log_end_offset() {
+            let bytes = log.read(offset, 300).unwrap();
+            let info = follower.append_replicated(&bytes).unwrap();
+            offset = info.log_end_offset;
+        }
+        assert_eq!(follower.log_end_offset(), log.log_end_offset());
+        assert_eq!(records(&follower), records(&log));
+        drop(follower);
+        let follower = h.open_other(table_config());
+        assert_eq!(records(&follower), records(&log), "gaps survive a reopen");
+        // Going back is still refused.
+        let first = log.read(0, 1).unwrap();
+        assert!(matches!(
+            follower.append_replicated(&first),
+            Err(StorageError::NonContiguous { .. })
+        ));
+        // Retention deletes whole segments of a log with gaps from the front.
+        drop(follower);
+        let follower = h.open_other(LogConfig {
+            retention_bytes: Some(1),
+            ..table_config()
+        });
+        let segments = follower.segment_count();
+        let outcome = follower.apply_retention(follower.log_end_offset()).unwrap();
+        assert_eq!(outcome.segments_deleted, segments - 1);
+        assert_eq!(follower.log_start_offset(), outcome.log_start_offset);
+        // Truncating inside a gap leaves the log end there, durably.
+        log.truncate_to(inside).unwrap();
+        assert_eq!(log.log_end_offset(), inside);
+        drop(log);
+        let log = h.open(table_config());
+        assert_eq!(log.log_end_offset(), inside);
+        assert_eq!(
+            read_all(&log).last().unwrap().0.base_offset,
+            kept[gap - 1],
+            "the batches before the gap stay"
+        );
+    }
+
+    pub(super) fn tombstones_wait_for_their_retention_and_the_horizon_persists(h: &impl Harness) {
+        let log = h.open(table_config());
+        let t = 10_000_000;
+        put(&log, t, &[(Some("x"), v("1"))]);
+        put(&log, t, &[(Some("x"), None)]);
+        for i in 0..30 {
+            put(&log, t, &[(Some("y"), Some(format!("{i:0>40}")))]);
+        }
+        let config = compaction_config();
+        let end = log.log_end_offset();
+        let early = log
+            .compact(end, t + config.tombstone_retention_ms, &config)
+            .unwrap();
+        assert_eq!(
+            early.tombstones_removed, 0,
+            "not older than the retention yet"
+        );
+        assert_eq!(early.compaction_horizon, 0);
+        let late = log
+            .compact(end, t + config.tombstone_retention_ms + 1, &config)
+            .unwrap();
+        assert_eq!(late.tombstones_removed, 1);
+        assert_eq!(late.compaction_horizon, 2);
+        assert!(!records(&log)
+            .iter()
+            .any(|(_, k, _)| k.as_deref() == Some("x")));
+        drop(log);
+        let log = h.open(table_config());
+        assert_eq!(log.compaction_horizon(), 2, "durable");
+        // Truncation below the horizon lowers it; a follower's raise goes up only.
+        log.truncate_to(1).unwrap();
+        assert_eq!(log.compaction_horizon(), 1);
+        log.raise_compaction_horizon(0).unwrap();
+        assert_eq!(log.compaction_horizon(), 1);
+        log.raise_compaction_horizon(50).unwrap();
+        assert_eq!(log.compaction_horizon(), 1, "at most the log end");
+        drop(log);
+        let log = h.open(table_config());
+        assert_eq!(log.compaction_horizon(), 1);
+    }
+
+    pub(super) fn producer_last_batches_and_segment_ends_stay(h: &impl Harness) {
+        let log = h.open(table_config());
+        let t = 10_000_000;
+        let append = |seq: i32, key: &str| {
+            let mut b = BatchBuilder::new(t).producer(42, 3, seq);
+            b.push(t, Some(key.as_bytes()), Some(&[b'v'; 40]));
+            let mut bytes = b.build();
+            log.append_as_leader(&mut bytes, 1).unwrap();
+        };
+        for seq in 0..40 {
+            append(seq, "same");
+        }
+        put(&log, t, &[(Some("other"), v("x"))]);
+        let config = CompactionConfig {
+            producer_batches_retained: 2,
+            ..compaction_config()
+        };
+        log.compact(log.log_end_offset(), t, &config).unwrap();
+        let producer: Vec<BatchHeader> = read_all(&log)
+            .into_iter()
+            .map(|(h, _)| h)
+            .filter(|h| h.producer_id == 42)
+            .collect();
+        let last_two: Vec<i32> = producer
+            .iter()
+            .rev()
+            .take(2)
+            .map(|h| h.base_sequence)
+            .collect();
+        assert_eq!(
+            last_two,
+            vec![39, 38],
+            "the producer's last batches are there"
+        );
+        for h in &producer {
+            assert_eq!(h.producer_epoch, 3);
+            assert_eq!(
+                h.base_sequence as i64, h.base_offset,
+                "sequence kept with offset"
+            );
+        }
+        // Emptied batches stay only at segment ends or for the producer; each keeps its end.
+        assert!(producer.iter().any(|h| h.record_count == 0));
+        assert!(producer.len() < 40);
+    }
+
+    pub(super) fn small_segments_are_merged(h: &impl Harness) {
+        let log = h.open(table_config());
+        let t = 10_000_000;
+        for i in 0..60 {
+            put(
+                &log,
+                t,
+                &[(Some(["p", "q", "r"][i % 3]), Some(format!("{i:0>40}")))],
+            );
+        }
+        let segments_before = log.segment_count();
+        let before = records(&log);
+        let config = CompactionConfig {
+            max_segment_bytes: 4096,
+            ..compaction_config()
+        };
+        log.compact(log.log_end_offset(), t, &config).unwrap();
+        let report = log.compact(log.log_end_offset(), t, &config).unwrap();
+        assert!(
+            log.segment_count() < segments_before,
+            "{} segments, were {segments_before} ({report:?})",
+            log.segment_count()
+        );
+        assert_eq!(table(&records(&log)), table(&before));
+        drop(log);
+        let log = h.open(table_config());
+        assert_eq!(table(&records(&log)), table(&before));
+    }
+}
+
+use compaction::{
+    gaps_are_read_truncated_and_replicated, keeps_the_latest_record_per_key_at_its_offset,
+    producer_last_batches_and_segment_ends_stay, small_segments_are_merged,
+    tombstones_wait_for_their_retention_and_the_horizon_persists,
+};
+
+mod compaction_conformance {
+    use super::*;
+    conformance!(
+        keeps_the_latest_record_per_key_at_its_offset,
+        gaps_are_read_truncated_and_replicated,
+        tombstones_wait_for_their_retention_and_the_horizon_persists,
+        producer_last_batches_and_segment_ends_stay,
+        small_segments_are_merged,
+    );
 }

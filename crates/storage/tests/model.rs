@@ -1,12 +1,23 @@
 //! Property test: random sequences of append / roll (by size and by age) / truncate /
 //! retention / log-start moves / reopen / crash give the same log as a simple model: a list of
-//! segments, each a list of batches, following the rules the contract states.
+//! segments, each a list of batches, following the rules the contract states. Compaction is
+//! modelled on records: latest record per key below `up_to`, tombstones by age; a batch it
+//! rewrites is compared by its records and offsets, the others byte for byte.
 
 mod common;
 
 use common::{read_all, DiskHarness, Harness, MemHarness};
 use proptest::prelude::*;
-use tandem_storage::{BatchBuilder, Clock, FlushPolicy, Log, LogConfig, ManualClock};
+use std::collections::HashMap;
+
+use tandem_storage::{
+    BatchBuilder, Clock, CompactionConfig, FlushPolicy, Log, LogConfig, ManualClock,
+};
+
+/// (offset, key, value) of one record.
+type ModelRecord = (i64, Option<Vec<u8>>, Option<Vec<u8>>);
+
+const TOMBSTONE_RETENTION_MS: i64 = 20_000;
 
 #[derive(Debug, Clone)]
 enum Op {
@@ -36,6 +47,9 @@ enum Op {
     CheckpointHw {
         at: u16,
     },
+    Compact {
+        up_to: u16,
+    },
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -50,14 +64,21 @@ fn op() -> impl Strategy<Value = Op> {
         1 => any::<u16>().prop_map(|keep| Op::Crash { keep }),
         1 => Just(Op::AssignEpoch),
         2 => any::<u16>().prop_map(|at| Op::CheckpointHw { at }),
+        2 => any::<u16>().prop_map(|up_to| Op::Compact { up_to }),
     ]
 }
 
 #[derive(Debug, Clone)]
 struct ModelBatch {
+    base: i64,
     next: i64,
     max_timestamp: i64,
     bytes: Vec<u8>,
+    records: Vec<ModelRecord>,
+    /// Compaction rewrote it: compare its records, not its bytes.
+    rewritten: bool,
+    /// Bytes it takes in the log (less than `bytes` once rewritten).
+    size: u64,
 }
 
 #[derive(Debug, Clone)]
@@ -65,11 +86,14 @@ struct ModelSegment {
     base: i64,
     batches: Vec<ModelBatch>,
     first_append_ms: Option<i64>,
+    /// The age of a segment without batches (the log's `last_append_ms`: last append, or
+    /// creation, or open).
+    last_append_ms: i64,
 }
 
 impl ModelSegment {
     fn size(&self) -> u64 {
-        self.batches.iter().map(|b| b.bytes.len() as u64).sum()
+        self.batches.iter().map(|b| b.size).sum()
     }
     fn next(&self) -> i64 {
         self.batches.last().map_or(self.base, |b| b.next)
@@ -91,7 +115,7 @@ impl Model {
     fn append(&mut self, batch: ModelBatch, now: i64) {
         let config = &self.config;
         let active = self.segments.last().expect("a segment");
-        let full = active.size() + batch.bytes.len() as u64 > config.segment_bytes;
+        let full = active.size() + batch.size > config.segment_bytes;
         let old = active
             .first_append_ms
             .is_some_and(|first| now - first >= config.segment_ms);
@@ -101,21 +125,37 @@ impl Model {
                 base,
                 batches: vec![],
                 first_append_ms: None,
+                last_append_ms: now,
             });
         }
         let active = self.segments.last_mut().expect("a segment");
         active.first_append_ms.get_or_insert(now);
+        active.last_append_ms = now;
         active.batches.push(batch);
     }
 
-    fn truncate(&mut self, offset: i64) {
+    fn truncate(&mut self, offset: i64, now: i64) {
         let keep = self
             .segments
             .iter()
             .rposition(|s| s.base <= offset)
             .unwrap_or(0);
+        let end = self.end();
         self.segments.truncate(keep + 1);
+        let inside_batch = self.segments[keep]
+            .batches
+            .iter()
+            .any(|b| b.base < offset && offset < b.next);
         self.segments[keep].batches.retain(|b| b.next <= offset);
+        if offset < end && !inside_batch && self.end() < offset {
+            // Truncated into a gap: the log ends at the offset, in a new segment there.
+            self.segments.push(ModelSegment {
+                base: offset,
+                batches: vec![],
+                first_append_ms: None,
+                last_append_ms: now,
+            });
+        }
         self.log_start = self.log_start.min(self.end());
         self.high_watermark = self.high_watermark.min(self.end());
     }
@@ -137,7 +177,7 @@ impl Model {
                 .iter()
                 .map(|b| b.max_timestamp)
                 .max()
-                .unwrap_or(-1);
+                .unwrap_or(first.last_append_ms);
             let by_age = self.config.retention_ms.is_some_and(|r| now - newest > r);
             if !(by_size || by_age) {
                 break;
@@ -156,17 +196,75 @@ impl Model {
         while self.segments.len() > 1 && self.segments[0].next() <= offset {
             self.segments.remove(0);
         }
-        self.log_start = offset;
-        self.high_watermark = self.high_watermark.max(offset);
+        self.log_start = offset.max(self.segments[0].base);
+        self.high_watermark = self.high_watermark.max(self.log_start);
+    }
+
+    /// Compaction: the latest record of each key below `up_to` (over every record there),
+    /// kept in sealed segments wholly below it; a latest tombstone goes once older than the
+    /// retention; a segment's last batch stays, emptied if need be.
+    fn compact(&mut self, up_to: i64, now: i64) {
+        let mut latest: HashMap<Vec<u8>, i64> = HashMap::new();
+        for b in self.segments.iter().flat_map(|s| &s.batches) {
+            for (offset, key, _) in &b.records {
+                if let (Some(key), true) = (key, *offset < up_to) {
+                    latest.insert(key.clone(), *offset);
+                }
+            }
+        }
+        let sealed = self.segments.len() - 1;
+        for segment in self.segments[..sealed].iter_mut() {
+            if segment.next() > up_to {
+                break;
+            }
+            let last = segment.batches.len().saturating_sub(1);
+            let mut kept_batches = Vec::new();
+            for (i, mut b) in std::mem::take(&mut segment.batches).into_iter().enumerate() {
+                let expired =
+                    b.max_timestamp >= 0 && now - b.max_timestamp > TOMBSTONE_RETENTION_MS;
+                let before = b.records.len();
+                let spans = tandem_storage::batch::decode_records_with_spans(&bytes::Bytes::from(
+                    b.bytes.clone(),
+                ))
+                .expect("a batch the model wrote");
+                let keep: Vec<bool> = b
+                    .records
+                    .iter()
+                    .map(|(offset, key, value)| match key {
+                        None => true,
+                        Some(key) => latest[key] == *offset && !(value.is_none() && expired),
+                    })
+                    .collect();
+                let mut kept_bytes = tandem_storage::batch::HEADER_LEN as u64;
+                for (k, (_, span)) in keep.iter().zip(&spans) {
+                    if *k {
+                        kept_bytes += span.len() as u64;
+                    }
+                }
+                let mut index = 0;
+                b.records.retain(|_| {
+                    index += 1;
+                    keep[index - 1]
+                });
+                if b.records.len() != before {
+                    b.size = kept_bytes;
+                    if b.records.is_empty() && i != last {
+                        continue;
+                    }
+                    b.rewritten = true;
+                }
+                kept_batches.push(b);
+            }
+            segment.batches = kept_batches;
+        }
     }
 
     /// The batches a reader sees: those holding an offset at or after the log start.
-    fn visible(&self) -> Vec<Vec<u8>> {
+    fn visible(&self) -> Vec<&ModelBatch> {
         self.segments
             .iter()
             .flat_map(|s| &s.batches)
             .filter(|b| b.next > self.log_start)
-            .map(|b| b.bytes.clone())
             .collect()
     }
 }
@@ -202,6 +300,7 @@ fn run<H: Harness>(
             base: 0,
             batches: vec![],
             first_append_ms: None,
+            last_append_ms: clock.now_ms(),
         }],
         log_start: 0,
         high_watermark: 0,
@@ -220,22 +319,47 @@ fn run<H: Harness>(
                     epoch += 1;
                 }
                 let mut builder = BatchBuilder::new(now);
+                let mut model_records = Vec::new();
                 for i in 0..*records {
-                    builder.push(now + i as i64, None, Some(&vec![step as u8; *value_len]));
+                    // A few keys, so that records supersede each other; some tombstones and
+                    // some records without a key.
+                    let key =
+                        (value_len % 5 != 0).then(|| format!("k{}", (step + i) % 4).into_bytes());
+                    let value = (value_len % 7 != 0).then(|| vec![step as u8; *value_len]);
+                    builder.push(now + i as i64, key.as_deref(), value.as_deref());
+                    model_records.push((i as i64, key, value));
                 }
                 let mut bytes = builder.build();
                 let info = log.append_as_leader(&mut bytes, epoch).unwrap();
                 prop_assert_eq!(info.first_offset, model.end());
+                for r in &mut model_records {
+                    r.0 += info.first_offset;
+                }
                 model.append(
                     ModelBatch {
+                        base: info.first_offset,
                         next: info.last_offset + 1,
                         max_timestamp: now + *records as i64 - 1,
                         bytes: bytes.to_vec(),
+                        size: bytes.len() as u64,
+                        records: model_records,
+                        rewritten: false,
                     },
                     now,
                 );
             }
             Op::Advance { ms } => clock.advance(*ms),
+            Op::Compact { up_to } => {
+                let up_to = pick(*up_to, model.log_start, model.end());
+                let config = CompactionConfig {
+                    tombstone_retention_ms: TOMBSTONE_RETENTION_MS,
+                    producer_batches_retained: 0,
+                    // One segment per cleaned file: the model keeps its segment list.
+                    max_segment_bytes: 1,
+                };
+                log.compact(up_to, now, &config).unwrap();
+                model.compact(up_to, now);
+            }
             Op::AssignEpoch => {
                 epoch += 1;
                 log.assign_epoch(epoch).unwrap();
@@ -248,7 +372,7 @@ fn run<H: Harness>(
             Op::Truncate { at } => {
                 let offset = pick(*at, model.log_start, model.end());
                 log.truncate_to(offset).unwrap();
-                model.truncate(offset);
+                model.truncate(offset, now);
             }
             Op::Retention { bound } => {
                 let bound = pick(*bound, model.log_start, model.end());
@@ -282,6 +406,7 @@ fn run<H: Harness>(
                 );
                 for s in &mut model.segments {
                     s.first_append_ms = None;
+                    s.last_append_ms = now;
                 }
             }
             Op::Crash { keep } => {
@@ -302,7 +427,7 @@ fn run<H: Harness>(
                     let mut expected = active.base;
                     let mut bytes = 0u64;
                     for b in &active.batches {
-                        bytes += b.bytes.len() as u64;
+                        bytes += b.size;
                         if bytes > kept {
                             break;
                         }
@@ -310,9 +435,10 @@ fn run<H: Harness>(
                     }
                     prop_assert_eq!(end, expected, "step {}: recovery cut intact batches", step);
                 }
-                model.truncate(end);
+                model.truncate(end, now);
                 for s in &mut model.segments {
                     s.first_append_ms = None;
+                    s.last_append_ms = now;
                 }
             }
         }
@@ -359,12 +485,39 @@ fn run<H: Harness>(
         }
         for ((header, bytes), expected) in got.iter().zip(&want) {
             prop_assert_eq!(
-                &bytes[..],
-                &expected[..],
-                "batch at {} after step {}",
-                header.base_offset,
+                (header.base_offset, header.next_offset()),
+                (expected.base, expected.next),
+                "batch offsets after step {}",
                 step
             );
+            if expected.rewritten {
+                let records: Vec<ModelRecord> = tandem_storage::batch::decode_records(bytes)
+                    .unwrap()
+                    .into_iter()
+                    .map(|r| {
+                        (
+                            header.base_offset + r.offset_delta as i64,
+                            r.key.map(|k| k.to_vec()),
+                            r.value.map(|v| v.to_vec()),
+                        )
+                    })
+                    .collect();
+                prop_assert_eq!(
+                    &records,
+                    &expected.records,
+                    "records of the compacted batch at {} after step {}",
+                    header.base_offset,
+                    step
+                );
+            } else {
+                prop_assert_eq!(
+                    &bytes[..],
+                    &expected.bytes[..],
+                    "batch at {} after step {}",
+                    header.base_offset,
+                    step
+                );
+            }
             if let Some(e) = epochs.epoch_for_offset(header.base_offset) {
                 if header.base_offset >= log.log_start_offset() {
                     prop_assert_eq!(

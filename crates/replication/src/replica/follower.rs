@@ -22,6 +22,10 @@ pub(super) struct FollowerState {
     /// The flushed offset last reported to the leader in this epoch, and when.
     reported_flushed_offset: i64,
     reported_at_ms: i64,
+    /// Copying the leader's log from its start: what arrives may lack tombstones the leader's
+    /// compaction removed, so each append raises our compaction horizon to its end, until a
+    /// fetch starts at or above the leader's HW (and so above its horizon).
+    copying: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -52,6 +56,7 @@ impl Replica {
             flush_up_to: 0,
             reported_flushed_offset: -1,
             reported_at_ms: i64::MIN,
+            copying: false,
         });
         self.partition = Some(partition);
         self.answer_all_parked(out);
@@ -149,9 +154,16 @@ impl Replica {
                 self.set_fetch_state(self.backoff());
             }
             ReadError::OffsetOutOfRange {
-                log_start_offset, ..
-            } if self.log.log_end_offset < log_start_offset => {
-                // Too far behind: what we lack is gone from the leader. Start over at its start.
+                log_start_offset,
+                log_end_offset,
+                ..
+            } if self.log.log_end_offset < log_start_offset
+                || (self.log.log_end_offset > log_start_offset
+                    && self.log.log_end_offset <= log_end_offset) =>
+            {
+                // Too far behind: what we lack is gone from the leader; or our offset is in its
+                // log yet refused, because it is below its compaction horizon (serve.rs).
+                // Either way, start over at its start and copy the log.
                 out.push(Action::TruncateFullyAndStartAt {
                     offset: log_start_offset,
                 });
@@ -180,9 +192,24 @@ impl Replica {
             self.set_fetch_state(self.ready_now());
             return;
         }
+        let fetch_offset = self.log.log_end_offset;
+        let end = headers.last().map_or(fetch_offset, |h| h.next_offset());
+        let copying = match &mut self.role {
+            Role::Follower(f) => {
+                f.copying = fetch_offset <= data.log_start_offset
+                    || (f.copying && fetch_offset < data.high_watermark);
+                f.copying
+            }
+            _ => false,
+        };
+        let compaction_horizon = copying.then_some(end);
         self.log.issue_append(&headers);
+        if let Some(horizon) = compaction_horizon {
+            self.log.raise_compaction_horizon(horizon);
+        }
         out.push(Action::Append {
             batches: data.records.slice(..length),
+            compaction_horizon,
         });
         self.set_fetch_state(FetchState::Appending {
             leader_high_watermark: data.high_watermark,
@@ -240,7 +267,8 @@ impl Replica {
             };
             let epoch_ok = header.leader_epoch <= current_epoch
                 && latest_epoch.is_none_or(|latest| header.leader_epoch >= latest);
-            if header.base_offset != expected
+            // A gap is a leader's compaction; going back is not allowed.
+            if header.base_offset < expected
                 || header.size() > self.config.max_batch_bytes as i64
                 || !epoch_ok
             {

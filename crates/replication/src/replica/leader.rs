@@ -37,6 +37,9 @@ pub(super) struct FollowerProgress {
     pub(super) last_fetch_leader_log_end_offset: i64,
     /// The HW it was last told: a parked fetch is woken when the HW moves past it.
     pub(super) last_sent_high_watermark: Option<i64>,
+    /// The compaction horizon when it was last answered with records: if the horizon moved
+    /// since, tombstones it has not fetched yet may be gone (replica/serve.rs).
+    pub(super) answered_at_horizon: Option<i64>,
 }
 
 impl FollowerProgress {
@@ -48,6 +51,7 @@ impl FollowerProgress {
             last_caught_up_ms: if in_sync { now_ms } else { i64::MIN },
             last_fetch_ms: i64::MIN,
             last_fetch_leader_log_end_offset: -1,
+            answered_at_horizon: None,
             last_sent_high_watermark: None,
         }
     }
@@ -203,6 +207,7 @@ impl Replica {
         self.log.issue_append(&[header]);
         out.push(Action::Append {
             batches: records.freeze(),
+            compaction_horizon: None,
         });
         if acks != Acks::None {
             leader

@@ -162,6 +162,10 @@ impl Replica {
                 self.after_local_progress(&mut out);
             }
             Event::LogFailed { reason } => self.on_log_failed(reason, &mut out),
+            Event::Compacted { compaction_horizon } => {
+                // Parked fetches are checked against it again when they are answered.
+                self.log.raise_compaction_horizon(compaction_horizon);
+            }
             Event::Flushed { flushed_offset } => {
                 self.flush_in_flight = false;
                 self.log.confirm_flush(flushed_offset);

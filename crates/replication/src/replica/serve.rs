@@ -2,6 +2,17 @@
 //! its LEO, or with the diverging epoch when the follower's log parts from the leader's; a
 //! consumer's fetch is answered by any replica with records below its HW. With nothing new,
 //! a fetch is parked until an append, a HW change or its max wait.
+//!
+//! # The compaction horizon
+//! Compaction removes a key's tombstone once it is old enough, together with the key's older
+//! records. A follower holding such an older record that fetches from above it would never see
+//! the delete, and its table would keep the key forever (the hazard of Kafka's
+//! `delete.retention.ms`). So a follower fetching from inside the log, below the horizon, gets
+//! OffsetOutOfRange unless nothing was removed since it was last answered (it is copying the
+//! log from the start, which holds no older record of any removed key); it then empties its
+//! log and copies it again from the log start, which is also how a new replica gets the
+//! table. The driver checks once more after reading, for a compaction that finished between
+//! this check and the read.
 
 use super::*;
 use crate::types::{DivergingEpoch, FetchData, ReadRange};
@@ -66,7 +77,36 @@ impl Replica {
             return Ok(Some(diverging));
         }
         self.check_fetch_range(request.fetch_offset)?;
+        self.check_compaction_horizon(replica_id, request.fetch_offset)?;
         Ok(None)
+    }
+
+    /// A follower's fetch from inside the log and below the compaction horizon is refused
+    /// (out of range, so that it copies the log from the start) unless the horizon has not
+    /// moved since it was last answered. See the module header.
+    fn check_compaction_horizon(&self, replica_id: NodeId, offset: i64) -> Result<(), ReadError> {
+        let horizon = self.log.compaction_horizon();
+        if offset <= self.log.log_start_offset || offset >= horizon {
+            return Ok(());
+        }
+        let answered_at = match &self.role {
+            Role::Leader(leader) => leader
+                .followers
+                .get(&replica_id)
+                .and_then(|f| f.answered_at_horizon),
+            _ => None,
+        };
+        // Mutation (tests/scenarios.rs): serve a follower behind the horizon from its offset.
+        #[cfg(feature = "mutation-ignore-compaction-horizon")]
+        let answered_at = Some(horizon);
+        if answered_at.is_some_and(|h| h >= horizon) {
+            return Ok(());
+        }
+        Err(ReadError::OffsetOutOfRange {
+            offset,
+            log_start_offset: self.log.log_start_offset,
+            log_end_offset: self.log.log_end_offset,
+        })
     }
 
     fn check_fetch_range(&self, offset: i64) -> Result<(), ReadError> {
@@ -121,9 +161,19 @@ impl Replica {
             (None, None) => self.high_watermark,
         };
         // A diverging answer's HW is not applied by the follower (KAFKA-14704): not "sent".
+        let compaction_horizon = self.log.compaction_horizon();
         if let (Some(replica_id), None) = (request.replica_id, diverging_epoch) {
             self.note_high_watermark_sent(replica_id);
+            if let Role::Leader(leader) = &mut self.role {
+                if let Some(f) = leader.followers.get_mut(&replica_id) {
+                    f.answered_at_horizon = Some(compaction_horizon);
+                }
+            }
         }
+        let checked_horizon = (request.replica_id.is_some()
+            && diverging_epoch.is_none()
+            && request.fetch_offset > self.log.log_start_offset)
+            .then_some(compaction_horizon);
         FetchData {
             high_watermark: self.high_watermark,
             log_start_offset: self.log.log_start_offset,
@@ -133,6 +183,7 @@ impl Replica {
                 offset: request.fetch_offset,
                 max_bytes: request.max_bytes,
                 end_offset: end_offset.max(request.fetch_offset),
+                compaction_horizon: checked_horizon,
             },
             flush_up_to: self.flush_up_to(),
         }

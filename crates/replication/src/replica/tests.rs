@@ -131,7 +131,25 @@ fn fetch(r: &mut Replica, now: i64, id: u64, request: FetchRequest) -> Vec<Actio
     )
 }
 
+/// The answer to a follower's fetch (checked against compaction horizon 0 when inside the log).
 fn answer(id: u64, hw: i64, leo: i64, offset: i64, end: i64) -> Action {
+    with_checked_horizon(
+        consumer_answer(id, hw, leo, offset, end),
+        (offset > 0).then_some(0),
+    )
+}
+
+fn with_checked_horizon(mut action: Action, horizon: Option<i64>) -> Action {
+    if let Action::RespondFetch {
+        result: Ok(data), ..
+    } = &mut action
+    {
+        data.records.compaction_horizon = horizon;
+    }
+    action
+}
+
+fn consumer_answer(id: u64, hw: i64, leo: i64, offset: i64, end: i64) -> Action {
     Action::RespondFetch {
         id: RequestId(id),
         result: Ok(FetchData {
@@ -143,6 +161,7 @@ fn answer(id: u64, hw: i64, leo: i64, offset: i64, end: i64) -> Action {
                 offset,
                 max_bytes: 1000,
                 end_offset: end,
+                compaction_horizon: None,
             },
             flush_up_to: None,
         }),
@@ -271,7 +290,8 @@ fn acks_1_completes_after_the_local_append_only() {
     assert_eq!(
         out,
         vec![Action::Append {
-            batches: stamped(&["a", "b"], 0, EPOCH)
+            batches: stamped(&["a", "b"], 0, EPOCH),
+            compaction_horizon: None,
         }]
     );
     assert_eq!(appended(&mut r, 0, 2), vec![ok(1, 0)]);
@@ -285,7 +305,8 @@ fn acks_0_gets_no_reply() {
     assert_eq!(
         out,
         vec![Action::Append {
-            batches: stamped(&["a"], 0, EPOCH)
+            batches: stamped(&["a"], 0, EPOCH),
+            compaction_horizon: None,
         }]
     );
     assert_eq!(appended(&mut r, 0, 1), vec![]);
@@ -712,6 +733,7 @@ fn diverging(id: u64, hw: i64, leo: i64, offset: i64, epoch: i32, end_offset: i6
                 offset,
                 max_bytes: 1000,
                 end_offset: offset,
+                compaction_horizon: None,
             },
             flush_up_to: None,
         }),
@@ -850,7 +872,14 @@ fn the_follower_applies_the_leaders_hw_after_appending_as_min_with_its_leo() {
             response: data(10, None, records.clone()),
         },
     );
-    assert_eq!(out, vec![Action::Append { batches: records }]);
+    // An empty log copies the leader's from its start: its horizon covers what arrives.
+    assert_eq!(
+        out,
+        vec![Action::Append {
+            batches: records,
+            compaction_horizon: Some(2),
+        }]
+    );
     assert_eq!(
         r.high_watermark(),
         0,
@@ -905,17 +934,38 @@ fn an_answer_to_an_old_fetch_is_dropped() {
 }
 
 #[test]
-fn a_follower_refuses_records_that_do_not_start_at_its_leo() {
-    let (mut r, fetch_id) = follower_over(log(0, &[]), 0);
+fn a_follower_refuses_records_before_its_leo_and_takes_a_gap() {
+    let (mut r, fetch_id) = follower_over(log(3, &[(EPOCH, 0)]), 0);
     let out = r.step(
         0,
         Event::FetchResponse {
             fetch_id,
-            response: data(9, None, stamped(&["x"], 4, EPOCH)),
+            response: data(9, None, stamped(&["x"], 1, EPOCH)),
         },
     );
     assert_eq!(out, vec![]);
-    assert_eq!(r.local_log().pending_end_offset(), 0);
+    assert_eq!(r.local_log().pending_end_offset(), 3);
+    // A gap a leader's compaction left is fine: offsets jump, the log end follows.
+    let fetch_id = match r.step(1_000, Event::Tick).as_slice() {
+        [Action::SendFetch { fetch_id, .. }] => *fetch_id,
+        other => panic!("expected a fetch, got {other:?}"),
+    };
+    let gap = stamped(&["y"], 7, EPOCH);
+    let out = r.step(
+        1_000,
+        Event::FetchResponse {
+            fetch_id,
+            response: data(9, None, gap.clone()),
+        },
+    );
+    assert_eq!(
+        out,
+        vec![Action::Append {
+            batches: gap,
+            compaction_horizon: None,
+        }]
+    );
+    assert_eq!(r.local_log().pending_end_offset(), 8);
 }
 
 // ---- rule 9: idempotent producers ----
