@@ -104,6 +104,11 @@ pub struct TopicConfig {
     pub retention_ms: Option<i64>,
     pub retention_bytes: Option<u64>,
     pub max_message_bytes: u32,
+    /// Segments roll at this size (`segment.bytes`); only sealed segments are compacted.
+    pub segment_bytes: u64,
+    /// Tables: how long compaction keeps a tombstone (`delete.retention.ms`), so that
+    /// replicas and consumers behind see the delete.
+    pub tombstone_retention_ms: i64,
 }
 
 impl Default for TopicConfig {
@@ -115,6 +120,8 @@ impl Default for TopicConfig {
             retention_ms: Some(7 * 24 * 3600 * 1000),
             retention_bytes: None,
             max_message_bytes: 1_048_588,
+            segment_bytes: 1 << 30,
+            tombstone_retention_ms: 24 * 3600 * 1000,
         }
     }
 }

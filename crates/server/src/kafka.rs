@@ -32,6 +32,7 @@ use tandem_controller::model::{FlushPolicy, TopicConfig, TopicKind};
 use tandem_controller::{ControllerError, CreateTopicRequest, Metadata, NodeStatus};
 use tandem_protocol::errors::{self, produce_error_code, read_error_code};
 use tandem_replication::types::{self, Acks, Durability, Isolation};
+use tandem_replication::ReadError;
 
 use crate::node::Node;
 use crate::partition::{OffsetQuery, TopicPartition};
@@ -341,13 +342,43 @@ async fn produce(node: &Arc<Node>, request: ProduceRequest) -> Option<ProduceRes
     Some(ProduceResponse::default().with_responses(responses))
 }
 
-type FetchResult = Result<types::FetchData<bytes::Bytes>, i16>;
+/// A partition's fetch that failed: the code, and for OFFSET_OUT_OF_RANGE the offsets the log
+/// holds (a follower behind a compaction horizon copies the log again from its start).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct FetchFailed {
+    code: i16,
+    log_start_offset: i64,
+    log_end_offset: i64,
+}
+
+impl From<i16> for FetchFailed {
+    fn from(code: i16) -> FetchFailed {
+        FetchFailed {
+            code,
+            log_start_offset: -1,
+            log_end_offset: -1,
+        }
+    }
+}
+
+type FetchResult = Result<types::FetchData<bytes::Bytes>, FetchFailed>;
 
 async fn fetch_one(node: &Node, tp: &TopicPartition, fetch: types::FetchRequest) -> FetchResult {
     if !node.partition_exists(tp) {
-        return Err(errors::UNKNOWN_TOPIC_OR_PARTITION);
+        return Err(errors::UNKNOWN_TOPIC_OR_PARTITION.into());
     }
-    node.fetch(tp, fetch).await.map_err(|e| read_error_code(&e))
+    node.fetch(tp, fetch).await.map_err(|e| match e {
+        ReadError::OffsetOutOfRange {
+            log_start_offset,
+            log_end_offset,
+            ..
+        } => FetchFailed {
+            code: errors::OFFSET_OUT_OF_RANGE,
+            log_start_offset,
+            log_end_offset,
+        },
+        e => read_error_code(&e).into(),
+    })
 }
 
 /// Every partition's fetch at once, results in request order.
@@ -364,7 +395,10 @@ async fn fetch_all(
         .collect();
     let mut results = Vec::with_capacity(calls.len());
     for call in calls {
-        results.push(call.await.unwrap_or(Err(errors::UNKNOWN_SERVER_ERROR)));
+        results.push(
+            call.await
+                .unwrap_or(Err(errors::UNKNOWN_SERVER_ERROR.into())),
+        );
     }
     results
 }
@@ -437,12 +471,18 @@ fn fetch_response(
                     }
                 }
             }
-            Err(code) => {
+            Err(failed) => {
+                if tandem_tags && failed.log_end_offset >= 0 {
+                    data.unknown_tagged_fields.insert(
+                        fetch_tags::LOG_END_OFFSET,
+                        fetch_tags::encode_i64(failed.log_end_offset),
+                    );
+                }
                 data = data
-                    .with_error_code(code)
+                    .with_error_code(failed.code)
                     .with_high_watermark(-1)
                     .with_last_stable_offset(-1)
-                    .with_log_start_offset(-1)
+                    .with_log_start_offset(failed.log_start_offset)
                     .with_records(Some(bytes::Bytes::new()));
             }
         }
@@ -467,7 +507,7 @@ async fn fetch(node: &Arc<Node>, request: FetchRequest, version: i16) -> FetchRe
         // epoch. Below v12 there are no tagged fields to carry flush requests: refused.
         let wanted = wanted_partitions(&request, Some(request.replica_id.0), max_wait_ms);
         let results = if version < tandem_protocol::fetch_tags::REPLICA_FETCH_VERSION {
-            vec![Err(errors::UNSUPPORTED_VERSION); wanted.len()]
+            vec![Err(errors::UNSUPPORTED_VERSION.into()); wanted.len()]
         } else {
             fetch_all(node, &wanted).await
         };
@@ -590,6 +630,17 @@ fn topic_config(configs: &[(String, Option<String>)]) -> Result<(TopicConfig, To
                 config.retention_bytes = (bytes >= 0).then_some(bytes as u64);
             }
             "max.message.bytes" => config.max_message_bytes = value.parse().map_err(|_| bad())?,
+            "segment.bytes" => {
+                config.segment_bytes = value
+                    .parse()
+                    .ok()
+                    .filter(|b| (1024..=tandem_storage::LogConfig::MAX_SEGMENT_BYTES).contains(b))
+                    .ok_or_else(bad)?
+            }
+            "delete.retention.ms" => {
+                config.tombstone_retention_ms =
+                    value.parse().ok().filter(|ms| *ms >= 0).ok_or_else(bad)?
+            }
             // Tandem: "always", "never", or an interval in ms.
             "tandem.flush" | "flush.policy" => {
                 config.flush = match value.as_str() {

@@ -11,6 +11,7 @@
 //!   `/api/*`, the dashboard) and what it shows (docs/observability.md).
 
 pub mod admin;
+pub mod compaction;
 pub mod dispatch;
 pub mod events;
 pub mod kafka;

@@ -125,6 +125,20 @@ impl<L: Log> Log for MeteredLog<L> {
     fn checkpoint_high_watermark(&self, high_watermark: i64) -> Result<()> {
         self.inner.checkpoint_high_watermark(high_watermark)
     }
+    fn compact(
+        &self,
+        up_to: i64,
+        now_ms: i64,
+        config: &tandem_storage::CompactionConfig,
+    ) -> Result<tandem_storage::CompactionReport> {
+        self.inner.compact(up_to, now_ms, config)
+    }
+    fn compaction_horizon(&self) -> i64 {
+        self.inner.compaction_horizon()
+    }
+    fn raise_compaction_horizon(&self, offset: i64) -> Result<()> {
+        self.inner.raise_compaction_horizon(offset)
+    }
     fn close(&self) -> Result<()> {
         let before = self.inner.flushed_offset();
         let result = self.inner.close();

@@ -100,6 +100,8 @@ pub struct NodeConfig {
     /// host:port of this node's admin HTTP listener, registered so that `tandem status` and
     /// dashboards find every node's (docs/observability.md).
     pub admin_address: Option<String>,
+    /// How often table partitions are compacted (on a thread of their own).
+    pub compaction_interval: Duration,
 }
 
 impl NodeConfig {
@@ -127,6 +129,7 @@ impl NodeConfig {
             metadata_wait_ms: 1_000,
             controller_retry_ms: 50,
             admin_address: None,
+            compaction_interval: Duration::from_secs(30),
         }
     }
 }
@@ -211,6 +214,10 @@ impl Node {
         tokio::spawn(Arc::clone(&node).session_loop());
         tokio::spawn(Arc::clone(&node).metadata_loop());
         tokio::spawn(Arc::clone(&node).dispatch_loop(outbound_rx));
+        let compactor = Arc::downgrade(&node);
+        std::thread::Builder::new()
+            .name("compactor".into())
+            .spawn(move || crate::compaction::run(compactor))?;
         Ok(node)
     }
 
@@ -226,7 +233,7 @@ impl Node {
         self.started.elapsed().as_millis() as i64
     }
 
-    fn stopped(&self) -> bool {
+    pub(crate) fn stopped(&self) -> bool {
         *self.stopping.borrow()
     }
 
@@ -361,6 +368,43 @@ impl Node {
         answer
             .await
             .unwrap_or_else(|_| Err(ProduceError::Storage("the replica stopped".into())))
+    }
+
+    pub fn compaction_interval(&self) -> Duration {
+        self.config.compaction_interval
+    }
+
+    /// The table replicas on this node, for the compactor.
+    pub fn table_logs(&self) -> Vec<crate::compaction::CompactionTarget> {
+        let (_, metadata) = self.metadata();
+        self.replicas
+            .read()
+            .iter()
+            .filter_map(|(tp, r)| {
+                let topic = metadata.topic_by_name(&tp.topic)?;
+                (topic.kind == tandem_controller::model::TopicKind::Table).then(|| {
+                    crate::compaction::CompactionTarget {
+                        partition: tp.clone(),
+                        log: Arc::clone(&r.handle.log),
+                        high_watermark: r
+                            .handle
+                            .stats
+                            .high_watermark
+                            .load(std::sync::atomic::Ordering::Relaxed),
+                        tombstone_retention_ms: topic.config.tombstone_retention_ms,
+                    }
+                })
+            })
+            .collect()
+    }
+
+    /// A compaction moved the partition's horizon: its core must know (followers behind it
+    /// copy the log again).
+    pub fn compacted(&self, partition: &TopicPartition, compaction_horizon: i64) {
+        self.send_to(
+            partition,
+            Input::Event(tandem_replication::Event::Compacted { compaction_horizon }),
+        );
     }
 
     /// Is this topic a key-value table?
@@ -917,6 +961,7 @@ impl Node {
         // table's log is only ever compacted.
         let log_config = LogConfig {
             flush: config.flush.into(),
+            segment_bytes: config.segment_bytes,
             retention_ms: if is_table { None } else { config.retention_ms },
             retention_bytes: if is_table {
                 None

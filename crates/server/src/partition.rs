@@ -146,6 +146,8 @@ pub struct PartitionStats {
 /// A running partition replica.
 pub struct PartitionHandle {
     pub partition: TopicPartition,
+    /// The replica's log, shared with the compactor (which works beside the thread).
+    pub log: Arc<dyn Log>,
     input: mpsc::Sender<Input>,
     pub stats: Arc<PartitionStats>,
     thread: Option<std::thread::JoinHandle<()>>,
@@ -170,6 +172,7 @@ impl PartitionHandle {
         let replica = Replica::new(node_id, config, local_log, high_watermark);
         let stats = Arc::new(PartitionStats::default());
         let (input, inbox) = mpsc::channel();
+        let shared_log = Arc::clone(&log);
         let mut runner = Runner {
             partition: partition.clone(),
             replica,
@@ -196,6 +199,7 @@ impl PartitionHandle {
             })?;
         Ok(PartitionHandle {
             partition,
+            log: shared_log,
             input,
             stats,
             thread: Some(thread),

@@ -29,6 +29,8 @@ pub struct ServerConfig {
     /// Where the admin HTTP listener (/metrics, /api/*, the dashboard) binds; `None`: no
     /// admin listener.
     pub admin_listen: Option<SocketAddr>,
+    /// How often table partitions are compacted.
+    pub compaction_interval: std::time::Duration,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -107,6 +109,7 @@ pub async fn run(config: ServerConfig, mut stop: watch::Receiver<bool>) -> Resul
         config.voters.clone(),
     );
     node_config.admin_address = admin_address.clone();
+    node_config.compaction_interval = config.compaction_interval;
     let node = Node::start(
         node_config,
         Arc::new(TcpPeers::new(Arc::clone(&client), config.node_id)),

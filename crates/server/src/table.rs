@@ -164,7 +164,7 @@ impl TableRuntime {
             return;
         }
         match action {
-            Action::Append { batches } => match decode_writes(batches) {
+            Action::Append { batches, .. } => match decode_writes(batches) {
                 Ok(writes) => self.table.append(writes),
                 Err(e) => {
                     warn!(error = %e, "a batch in a table's log is not a table write; skipped");

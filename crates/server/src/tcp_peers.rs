@@ -28,8 +28,10 @@ impl TcpPeers {
     }
 }
 
-/// What the follower core should make of a leader's refusal.
-fn read_error(code: i16) -> ReadError {
+/// What the follower core should make of a leader's refusal. For OFFSET_OUT_OF_RANGE the
+/// leader's log start and end come along: a follower behind the compaction horizon copies the
+/// log again from the start.
+fn read_error(code: i16, log_start_offset: i64, log_end_offset: i64) -> ReadError {
     match code {
         errors::NOT_LEADER_OR_FOLLOWER => ReadError::NotLeader {
             leader: None,
@@ -45,8 +47,8 @@ fn read_error(code: i16) -> ReadError {
         },
         errors::OFFSET_OUT_OF_RANGE => ReadError::OffsetOutOfRange {
             offset: -1,
-            log_start_offset: -1,
-            log_end_offset: -1,
+            log_start_offset,
+            log_end_offset,
         },
         other => ReadError::Storage(format!("leader answered error code {other}")),
     }
@@ -123,7 +125,11 @@ impl Peers for TcpPeers {
                 return Err(unexpected("not a Fetch answer".into()));
             };
             if response.error_code != errors::NONE {
-                return Err(FetchFailure::Refused(read_error(response.error_code)));
+                return Err(FetchFailure::Refused(read_error(
+                    response.error_code,
+                    -1,
+                    -1,
+                )));
             }
             let Some(p) = response
                 .responses
@@ -133,14 +139,19 @@ impl Peers for TcpPeers {
             else {
                 return Err(unexpected("no partition in the answer".into()));
             };
-            if p.error_code != errors::NONE {
-                return Err(FetchFailure::Refused(read_error(p.error_code)));
-            }
             let tag = |t: i32| {
                 p.unknown_tagged_fields
                     .get(&t)
                     .and_then(|b| fetch_tags::decode_i64(b))
             };
+            if p.error_code != errors::NONE {
+                let log_end_offset = tag(fetch_tags::LOG_END_OFFSET).unwrap_or(-1);
+                return Err(FetchFailure::Refused(read_error(
+                    p.error_code,
+                    p.log_start_offset,
+                    log_end_offset,
+                )));
+            }
             let diverging = (p.diverging_epoch.epoch >= 0).then_some(DivergingEpoch {
                 epoch: p.diverging_epoch.epoch,
                 end_offset: p.diverging_epoch.end_offset,

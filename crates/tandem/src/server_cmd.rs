@@ -49,6 +49,9 @@ pub struct ServerArgs {
     /// none). Registered with the controller, so `tandem status` finds it.
     #[arg(long, value_name = "HOST:PORT")]
     pub admin_listen: Option<SocketAddr>,
+    /// How often each table partition's log is compacted (latest record per key).
+    #[arg(long, env = "TANDEM_COMPACTION_INTERVAL_MS", default_value_t = 30_000, value_parser = clap::value_parser!(u64).range(100..))]
+    pub compaction_interval_ms: u64,
 }
 
 fn parse_voters(text: &str) -> Result<BTreeMap<u64, String>, String> {
@@ -80,6 +83,7 @@ pub fn server(args: ServerArgs) -> anyhow::Result<ExitCode> {
         voters: args.voters,
         max_frame_bytes: args.max_frame_bytes,
         admin_listen: args.admin_listen,
+        compaction_interval: std::time::Duration::from_millis(args.compaction_interval_ms),
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
