@@ -509,6 +509,9 @@ pub mod fetch_tags {
     pub const FLUSH_UP_TO: i32 = 10_000;
     /// i64, big-endian: the leader's log end offset.
     pub const LOG_END_OFFSET: i32 = 10_001;
+    /// i64, big-endian: the leader's compaction horizon (tombstones below it may be gone): a
+    /// follower appending batches from below it raises its own horizon that far.
+    pub const COMPACTION_HORIZON: i32 = 10_002;
     /// The version a follower's Fetch uses: the first with tagged fields and diverging epochs.
     pub const REPLICA_FETCH_VERSION: i16 = 12;
 

@@ -165,6 +165,10 @@ pub struct FetchData<R> {
     /// The leader waits for flushed offsets up to here (a `Durability::Flushed` produce):
     /// a follower flushes at least this far. Tandem's extension of Kafka's Fetch.
     pub flush_up_to: Option<i64>,
+    /// The leader's compaction horizon: batches below it may lack tombstones its compaction
+    /// removed, so a follower appending them raises its own horizon as far (never further:
+    /// a replica that never saw a compacted log keeps horizon 0 and sends nobody to copy).
+    pub compaction_horizon: i64,
 }
 
 impl FetchData<ReadRange> {
@@ -177,6 +181,7 @@ impl FetchData<ReadRange> {
             diverging_epoch: self.diverging_epoch,
             records,
             flush_up_to: self.flush_up_to,
+            compaction_horizon: self.compaction_horizon,
         }
     }
 }

@@ -465,6 +465,12 @@ fn fetch_response(
                         fetch_tags::LOG_END_OFFSET,
                         fetch_tags::encode_i64(fetched.log_end_offset),
                     );
+                    if fetched.compaction_horizon > 0 {
+                        data.unknown_tagged_fields.insert(
+                            fetch_tags::COMPACTION_HORIZON,
+                            fetch_tags::encode_i64(fetched.compaction_horizon),
+                        );
+                    }
                     if let Some(flush_up_to) = fetched.flush_up_to {
                         data.unknown_tagged_fields
                             .insert(fetch_tags::FLUSH_UP_TO, fetch_tags::encode_i64(flush_up_to));

@@ -163,6 +163,7 @@ impl Peers for TcpPeers {
                 diverging_epoch: diverging,
                 records: p.records.unwrap_or_default(),
                 flush_up_to: tag(fetch_tags::FLUSH_UP_TO),
+                compaction_horizon: tag(fetch_tags::COMPACTION_HORIZON).unwrap_or(0),
             })
         })
     }

@@ -22,10 +22,6 @@ pub(super) struct FollowerState {
     /// The flushed offset last reported to the leader in this epoch, and when.
     reported_flushed_offset: i64,
     reported_at_ms: i64,
-    /// Copying the leader's log from its start: what arrives may lack tombstones the leader's
-    /// compaction removed, so each append raises our compaction horizon to its end, until a
-    /// fetch starts at or above the leader's HW (and so above its horizon).
-    copying: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -56,7 +52,6 @@ impl Replica {
             flush_up_to: 0,
             reported_flushed_offset: -1,
             reported_at_ms: i64::MIN,
-            copying: false,
         });
         self.partition = Some(partition);
         self.answer_all_parked(out);
@@ -194,15 +189,12 @@ impl Replica {
         }
         let fetch_offset = self.log.log_end_offset;
         let end = headers.last().map_or(fetch_offset, |h| h.next_offset());
-        let copying = match &mut self.role {
-            Role::Follower(f) => {
-                f.copying = fetch_offset <= data.log_start_offset
-                    || (f.copying && fetch_offset < data.high_watermark);
-                f.copying
-            }
-            _ => false,
-        };
-        let compaction_horizon = copying.then_some(end);
+        // What arrives from below the leader's compaction horizon may lack tombstones its
+        // compaction removed: our horizon rises as far (found by the simulator, seed 3:
+        // raising it to every copied chunk's end made a new leader that never compacted send
+        // its followers to copy its whole log, and their HW back to 0).
+        let raise_to = data.compaction_horizon.min(end);
+        let compaction_horizon = (raise_to > self.log.compaction_horizon()).then_some(raise_to);
         self.log.issue_append(&headers);
         if let Some(horizon) = compaction_horizon {
             self.log.raise_compaction_horizon(horizon);

@@ -186,6 +186,7 @@ impl Replica {
                 compaction_horizon: checked_horizon,
             },
             flush_up_to: self.flush_up_to(),
+            compaction_horizon,
         }
     }
 }

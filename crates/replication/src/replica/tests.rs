@@ -164,6 +164,7 @@ fn consumer_answer(id: u64, hw: i64, leo: i64, offset: i64, end: i64) -> Action 
                 compaction_horizon: None,
             },
             flush_up_to: None,
+            compaction_horizon: 0,
         }),
     }
 }
@@ -736,6 +737,7 @@ fn diverging(id: u64, hw: i64, leo: i64, offset: i64, epoch: i32, end_offset: i6
                 compaction_horizon: None,
             },
             flush_up_to: None,
+            compaction_horizon: 0,
         }),
     }
 }
@@ -799,6 +801,7 @@ fn data(
         diverging_epoch: diverging.map(|(epoch, end_offset)| DivergingEpoch { epoch, end_offset }),
         records,
         flush_up_to: None,
+        compaction_horizon: 0,
     })
 }
 
@@ -872,12 +875,12 @@ fn the_follower_applies_the_leaders_hw_after_appending_as_min_with_its_leo() {
             response: data(10, None, records.clone()),
         },
     );
-    // An empty log copies the leader's from its start: its horizon covers what arrives.
+    // The leader never compacted (horizon 0): nothing to raise.
     assert_eq!(
         out,
         vec![Action::Append {
             batches: records,
-            compaction_horizon: Some(2),
+            compaction_horizon: None,
         }]
     );
     assert_eq!(
@@ -1159,6 +1162,7 @@ fn a_follower_sends_its_flush_report_again_while_the_leader_asks() {
         fetch_id,
         response: Ok(FetchData {
             flush_up_to: Some(3),
+            compaction_horizon: 0,
             high_watermark: 3,
             ..data_ok()
         }),
@@ -1184,6 +1188,7 @@ fn data_ok() -> FetchData<Bytes> {
         diverging_epoch: None,
         records: Bytes::new(),
         flush_up_to: None,
+        compaction_horizon: 0,
     }
 }
 
@@ -1264,4 +1269,34 @@ fn follower_lags_report_records_and_time_behind_the_leader() {
     );
     let follower = Replica::new(2, config(), log(0, &[]), 0);
     assert!(follower.follower_lags().is_empty(), "only a leader knows");
+}
+
+/// Batches from below the leader's compaction horizon may lack removed tombstones: the
+/// follower's horizon rises to cover them, but never past the leader's (simulator seed 3: a
+/// replica that raised it to every copied chunk's end later, as leader, sent followers that
+/// never needed it to copy its whole log, and their HW went back to 0).
+#[test]
+fn a_follower_raises_its_compaction_horizon_only_as_far_as_the_leaders() {
+    let (mut r, fetch_id) = follower_over(log(0, &[]), 0);
+    let records = stamped(&["a", "b", "c"], 0, EPOCH);
+    let answer = |horizon: i64, records: Bytes| {
+        data(10, None, records).map(|d| FetchData {
+            compaction_horizon: horizon,
+            ..d
+        })
+    };
+    let out = r.step(
+        0,
+        Event::FetchResponse {
+            fetch_id,
+            response: answer(2, records.clone()),
+        },
+    );
+    assert_eq!(
+        out,
+        vec![Action::Append {
+            batches: records,
+            compaction_horizon: Some(2),
+        }]
+    );
 }
