@@ -21,6 +21,10 @@ Examples:
       --voters 1=127.0.0.1:9092,2=127.0.0.1:9093,3=127.0.0.1:9094
   # A single-node cluster:
   tandem server --id 1 --data-dir ./data --voters 1=127.0.0.1:9092
+  # Settings from a TOML file (keys named as the flags; flags override it), checked and shown:
+  tandem server --config /etc/tandem/tandem.toml --print-config
+  # A controller voter whose data directory was lost (docs/operations.md):
+  tandem server --config /etc/tandem/tandem.toml --rejoin-as-new-voter
 
 SIGTERM or Ctrl-C: controlled shutdown (leaderships moved away, logs flushed).
 Log level: TANDEM_LOG (e.g. TANDEM_LOG=debug).";
