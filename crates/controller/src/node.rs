@@ -851,6 +851,16 @@ async fn call_active<T: ControllerTransport>(
     transport: &T,
     request: ControllerRequest,
 ) -> Result<(), String> {
+    let others: Vec<RaftNodeId> = node
+        .config
+        .voters
+        .keys()
+        .filter(|id| **id != node.id)
+        .copied()
+        .collect();
+    if others.is_empty() {
+        return Err("no other voter to ask".into());
+    }
     let mut target: Option<RaftNodeId> = None;
     let mut last_report: Option<Instant> = None;
     let mut round = 0usize;
@@ -859,13 +869,6 @@ async fn call_active<T: ControllerTransport>(
             return Err("the voter stopped while rejoining".into());
         }
         let id = target.take().unwrap_or_else(|| {
-            let others: Vec<RaftNodeId> = node
-                .config
-                .voters
-                .keys()
-                .filter(|id| **id != node.id)
-                .copied()
-                .collect();
             round += 1;
             others[round % others.len()]
         });
@@ -901,9 +904,13 @@ async fn call_active<T: ControllerTransport>(
             last_report = Some(Instant::now());
             info!(node = node.id, ?request, %error, "rejoining: the active controller did not do it yet; retrying");
         }
-        if target.is_none() {
-            tokio::time::sleep(PROBE_PAUSE).await;
-        }
+        // A leader hint is followed at once (almost: stale hints must not spin).
+        let pause = if target.is_some() {
+            Duration::from_millis(10)
+        } else {
+            PROBE_PAUSE
+        };
+        tokio::time::sleep(pause).await;
     }
 }
 
