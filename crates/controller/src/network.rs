@@ -54,6 +54,11 @@ impl<T> RaftNetworkAdapter<T> {
             transport: Arc::new(transport),
         }
     }
+
+    /// The network over a transport also used elsewhere (the start-up probe of the voters).
+    pub fn shared(transport: Arc<T>) -> RaftNetworkAdapter<T> {
+        RaftNetworkAdapter { transport }
+    }
 }
 
 /// A connection to one voter.

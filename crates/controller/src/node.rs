@@ -16,21 +16,22 @@
 //! afresh at every new term.
 
 use std::collections::BTreeMap;
-use std::sync::{Arc, Weak};
+use std::sync::{Arc, OnceLock, Weak};
 use std::time::{Duration, Instant};
 
 use openraft::error::{ClientWriteError, InitializeError, RaftError};
-use openraft::{BasicNode, ServerState, SnapshotPolicy};
+use openraft::storage::RaftLogStorage;
+use openraft::{BasicNode, ChangeMembers, ServerState, SnapshotPolicy};
 use tandem_storage::Directory;
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 
 use crate::controller::{ActiveController, ControllerConfig, ControllerError, Decision, Report};
 use crate::counters::{ChangeCounts, ControllerCounters};
 use crate::log_store::{OpenError, RaftLogConfig, RaftLogStore};
 use crate::model::{Metadata, MetadataBatch};
-use crate::network::{ControllerTransport, RaftNetworkAdapter};
+use crate::network::{ControllerTransport, RaftNetworkAdapter, TransportError};
 use crate::raft_types::{ApplyOutcome, Raft, RaftNodeId};
-use crate::rpc::{ControllerRequest, ControllerResponse, MetadataView};
+use crate::rpc::{ControllerRequest, ControllerResponse, MetadataView, VoterState};
 use crate::state_machine::{MetadataStateMachine, SharedMetadata};
 
 /// Settings of one controller voter. Defaults aim at fast failover on loopback.
@@ -57,6 +58,11 @@ pub struct QuorumConfig {
     pub commit_timeout_ms: u64,
     pub log: RaftLogConfig,
     pub controller: ControllerConfig,
+    /// This voter lost its Raft state (wiped data directory) and is to be replaced: have the
+    /// active controller remove it from the membership and add it back as a new member,
+    /// instead of refusing to start (docs/operations.md, "Replacing a controller voter").
+    /// Ignored by a voter that has Raft state.
+    pub rejoin_as_new_voter: bool,
 }
 
 impl QuorumConfig {
@@ -74,8 +80,65 @@ impl QuorumConfig {
             commit_timeout_ms: 2000,
             log: RaftLogConfig::default(),
             controller: ControllerConfig::default(),
+            rejoin_as_new_voter: false,
         }
     }
+
+    /// Checks the relations correctness depends on (rule 8 leases; Raft's timers).
+    pub fn validate(&self) -> Result<(), StartError> {
+        self.controller.validate().map_err(StartError::Config)?;
+        if !self.voters.contains_key(&self.node_id) {
+            return Err(StartError::Config(format!(
+                "node {} is not among the voters {:?}",
+                self.node_id,
+                self.voters.keys()
+            )));
+        }
+        if self.raft_heartbeat_interval_ms == 0
+            || self.raft_heartbeat_interval_ms >= self.election_timeout_min_ms
+        {
+            return Err(StartError::Config(format!(
+                "raft_heartbeat_interval_ms {} must be positive and below election_timeout_min_ms {}, or followers stand for election while the leader is alive",
+                self.raft_heartbeat_interval_ms, self.election_timeout_min_ms
+            )));
+        }
+        if self.election_timeout_max_ms <= self.election_timeout_min_ms {
+            return Err(StartError::Config(format!(
+                "election_timeout_max_ms {} must exceed election_timeout_min_ms {} (a random timeout in between breaks split votes)",
+                self.election_timeout_max_ms, self.election_timeout_min_ms
+            )));
+        }
+        if self.tick_interval_ms == 0 || self.tick_interval_ms as i64 >= self.controller.lease_ms {
+            return Err(StartError::Config(format!(
+                "tick_interval_ms {} must be positive and below lease_ms {}: leases are granted from the last quorum confirmation, made every tick",
+                self.tick_interval_ms, self.controller.lease_ms
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// What creating Raft needs, kept while a voter without state finds out whether it may.
+struct RaftStarter<D: Directory, T> {
+    raft_config: Arc<openraft::Config>,
+    transport: Arc<T>,
+    log_store: RaftLogStore<D>,
+    state_machine: MetadataStateMachine<D>,
+}
+
+/// A random id for this voter process, sent with its [`ControllerRequest::VoterState`] probes.
+fn probe_id() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    hasher.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos()),
+    );
+    hasher.write_u32(std::process::id());
+    hasher.write_u64(COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed));
+    hasher.finish()
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -86,6 +149,8 @@ pub enum StartError {
     Open(#[from] OpenError),
     #[error("starting Raft: {0}")]
     Raft(String),
+    #[error("{0}")]
+    Refused(String),
 }
 
 struct Active {
@@ -97,7 +162,9 @@ struct Active {
 /// One controller voter.
 pub struct ControllerNode {
     id: RaftNodeId,
-    raft: Raft,
+    /// Set once Raft runs: at start for a voter with Raft state, after the other voters were
+    /// asked for one without (`start`).
+    raft: OnceLock<Raft>,
     metadata: Arc<SharedMetadata>,
     /// Held across a decision and its commit: decisions are made one at a time, each on the
     /// metadata the previous one left.
@@ -108,28 +175,57 @@ pub struct ControllerNode {
     stop: tokio::sync::watch::Sender<bool>,
     /// What this voter did while active, for metrics.
     counters: ControllerCounters,
+    /// Names this process in its start-up probes of the other voters.
+    probe_id: u64,
+    /// The voters (with their probe ids) that answered "no state" in the round after which
+    /// this voter formed a new quorum: those very processes may join it.
+    formed_with: parking_lot::Mutex<BTreeMap<RaftNodeId, u64>>,
+    /// `None` while a voter without state finds out whether it may run Raft; then Ok, or the
+    /// reason it may not.
+    joined: tokio::sync::watch::Sender<Option<Result<(), String>>>,
 }
 
 impl ControllerNode {
     /// Opens the voter's storage (`log_dir` for the Raft log, `checkpoints` for vote and
-    /// snapshot), starts Raft, and initializes the cluster if it never was.
+    /// snapshot) and starts Raft.
+    ///
+    /// A voter with Raft state (a vote, a log or a snapshot) starts Raft at once. A voter
+    /// without any (a brand-new data directory, or a wiped one) must not simply take part: if
+    /// the quorum already exists, the leader remembers what this voter had acknowledged and
+    /// panics on finding its log gone ("follower log reversion"), and the voter's lost vote and
+    /// log could let a quorum form without a committed entry. So it first asks every other
+    /// voter ([`ControllerRequest::VoterState`]) in the background, answering Raft with
+    /// [`ControllerResponse::VoterStarting`] meanwhile:
+    ///
+    /// - every voter answered and none has state: a brand-new quorum, it initializes;
+    /// - the only voters with state formed the quorum from a round in which this very process
+    ///   answered that it had none (a simultaneous start): it joins them;
+    /// - any other voter has state: the quorum exists; unless `rejoin_as_new_voter`, it refuses
+    ///   to run ([`ControllerNode::joined`] returns the error). With it, it has the active
+    ///   controller remove it from the membership, starts Raft empty, and is added back.
+    /// - some voter did not answer: it asks again.
     pub async fn start<D: Directory, T: ControllerTransport>(
         config: QuorumConfig,
         log_dir: D,
         checkpoints: D,
         transport: T,
     ) -> Result<Arc<ControllerNode>, StartError> {
-        config.controller.validate().map_err(StartError::Config)?;
-        if !config.voters.contains_key(&config.node_id) {
-            return Err(StartError::Config(format!(
-                "node {} is not among the voters {:?}",
-                config.node_id,
-                config.voters.keys()
-            )));
-        }
+        config.validate()?;
         let checkpoints = Arc::new(checkpoints);
-        let log_store = RaftLogStore::open(log_dir, checkpoints.clone(), &config.log)?;
+        let mut log_store = RaftLogStore::open(log_dir, checkpoints.clone(), &config.log)?;
         let state_machine = MetadataStateMachine::open(checkpoints)?;
+        let log_state = log_store
+            .get_log_state()
+            .await
+            .map_err(|e| StartError::Raft(e.to_string()))?;
+        let vote = log_store
+            .read_vote()
+            .await
+            .map_err(|e| StartError::Raft(e.to_string()))?;
+        let has_state = vote.is_some()
+            || log_state.last_log_id.is_some()
+            || log_state.last_purged_log_id.is_some()
+            || state_machine.last_applied().is_some();
         let metadata = state_machine.shared();
         let raft_config = openraft::Config {
             cluster_name: config.cluster_name.clone(),
@@ -142,31 +238,11 @@ impl ControllerNode {
         }
         .validate()
         .map_err(|e| StartError::Config(e.to_string()))?;
-        let raft = Raft::new(
-            config.node_id,
-            Arc::new(raft_config),
-            RaftNetworkAdapter::new(transport),
-            log_store,
-            state_machine,
-        )
-        .await
-        .map_err(|e| StartError::Raft(e.to_string()))?;
-        let members: BTreeMap<RaftNodeId, BasicNode> = config
-            .voters
-            .iter()
-            .map(|(id, addr)| (*id, BasicNode::new(addr)))
-            .collect();
-        // Every voter initializes with the same membership; all but the first find a log and
-        // are refused, which is fine.
-        match raft.initialize(members).await {
-            Ok(()) => info!(node = config.node_id, "initialized the controller quorum"),
-            Err(RaftError::APIError(InitializeError::NotAllowed(_))) => {}
-            Err(e) => return Err(StartError::Raft(e.to_string())),
-        }
         let (stop, stop_rx) = tokio::sync::watch::channel(false);
+        let (joined, _) = tokio::sync::watch::channel(None);
         let node = Arc::new(ControllerNode {
             id: config.node_id,
-            raft,
+            raft: OnceLock::new(),
             metadata,
             active: tokio::sync::Mutex::new(Active {
                 term: None,
@@ -176,17 +252,86 @@ impl ControllerNode {
             started: Instant::now(),
             stop,
             counters: ControllerCounters::default(),
+            probe_id: probe_id(),
+            formed_with: parking_lot::Mutex::new(BTreeMap::new()),
+            joined,
         });
+        let starter = RaftStarter {
+            raft_config: Arc::new(raft_config),
+            transport: Arc::new(transport),
+            log_store,
+            state_machine,
+        };
+        if has_state {
+            node.start_raft(starter, false).await?;
+            node.joined.send_replace(Some(Ok(())));
+        } else {
+            info!(
+                node = node.id,
+                "no Raft state: asking the other voters whether the controller quorum exists"
+            );
+            tokio::spawn(join(Arc::clone(&node), starter));
+        }
         tokio::spawn(drive(Arc::downgrade(&node), stop_rx));
         Ok(node)
+    }
+
+    /// Waits until this voter runs Raft (Ok), or was refused because it lost its Raft state
+    /// while the quorum exists (the error says how to recover).
+    pub async fn joined(&self) -> Result<(), StartError> {
+        let mut joined = self.joined.subscribe();
+        let outcome = joined.wait_for(|j| j.is_some()).await;
+        match outcome.as_deref() {
+            Ok(Some(Ok(()))) => Ok(()),
+            Ok(Some(Err(message))) => Err(StartError::Refused(message.clone())),
+            _ => Err(StartError::Raft("the voter stopped while starting".into())),
+        }
+    }
+
+    /// Creates Raft over the storage; `initialize` a brand-new quorum with the configured
+    /// voters.
+    async fn start_raft<D: Directory, T: ControllerTransport>(
+        &self,
+        starter: RaftStarter<D, T>,
+        initialize: bool,
+    ) -> Result<(), StartError> {
+        let raft = Raft::new(
+            self.id,
+            starter.raft_config,
+            RaftNetworkAdapter::shared(starter.transport),
+            starter.log_store,
+            starter.state_machine,
+        )
+        .await
+        .map_err(|e| StartError::Raft(e.to_string()))?;
+        if initialize {
+            let members: BTreeMap<RaftNodeId, BasicNode> = self
+                .config
+                .voters
+                .iter()
+                .map(|(id, addr)| (*id, BasicNode::new(addr)))
+                .collect();
+            // Voters that start together may each initialize with the same membership: the
+            // same first entry; those that find a log are refused, which is fine.
+            match raft.initialize(members).await {
+                Ok(()) => info!(node = self.id, "initialized a new controller quorum"),
+                Err(RaftError::APIError(InitializeError::NotAllowed(_))) => {}
+                Err(e) => return Err(StartError::Raft(e.to_string())),
+            }
+        }
+        if self.raft.set(raft).is_err() {
+            unreachable!("Raft is started once");
+        }
+        Ok(())
     }
 
     pub fn id(&self) -> RaftNodeId {
         self.id
     }
 
+    /// This voter's Raft. Panics before it runs (see [`ControllerNode::joined`]).
     pub fn raft(&self) -> &Raft {
-        &self.raft
+        self.raft.get().expect("this voter does not run Raft yet")
     }
 
     /// The committed metadata this voter has applied, with its version.
@@ -196,7 +341,7 @@ impl ControllerNode {
 
     /// The voter this one believes leads the quorum.
     pub fn current_leader(&self) -> Option<RaftNodeId> {
-        self.raft.metrics().borrow().current_leader
+        self.raft.get()?.metrics().borrow().current_leader
     }
 
     /// What this voter decided while it was the active controller (committed changes only).
@@ -216,20 +361,46 @@ impl ControllerNode {
     /// Stops the driver and Raft. The storage stays as it is on disk.
     pub async fn shutdown(&self) {
         self.stop.send_replace(true);
-        if let Err(e) = self.raft.shutdown().await {
+        let Some(raft) = self.raft.get() else { return };
+        if let Err(e) = raft.shutdown().await {
             warn!(node = self.id, error = %e, "Raft did not shut down cleanly");
         }
     }
 
     /// Answers one request.
     pub async fn handle(&self, request: ControllerRequest) -> ControllerResponse {
+        let raft = self.raft.get();
         match request {
-            ControllerRequest::AppendEntries(rpc) => {
-                ControllerResponse::AppendEntries(self.raft.append_entries(rpc).await)
+            // Until it runs Raft, a voter takes no part in it (see `start`).
+            ControllerRequest::AppendEntries(_)
+            | ControllerRequest::Vote(_)
+            | ControllerRequest::InstallSnapshot(_)
+                if raft.is_none() =>
+            {
+                ControllerResponse::VoterStarting
             }
-            ControllerRequest::Vote(rpc) => ControllerResponse::Vote(self.raft.vote(rpc).await),
+            ControllerRequest::AppendEntries(rpc) => {
+                ControllerResponse::AppendEntries(self.raft().append_entries(rpc).await)
+            }
+            ControllerRequest::Vote(rpc) => ControllerResponse::Vote(self.raft().vote(rpc).await),
             ControllerRequest::InstallSnapshot(rpc) => {
-                ControllerResponse::InstallSnapshot(self.raft.install_snapshot(rpc).await)
+                ControllerResponse::InstallSnapshot(self.raft().install_snapshot(rpc).await)
+            }
+            ControllerRequest::VoterState { from, probe_id } => {
+                ControllerResponse::VoterState(match raft {
+                    None => VoterState::Empty {
+                        probe_id: self.probe_id,
+                    },
+                    Some(_) => VoterState::HasState {
+                        formed_with_you: self.formed_with.lock().get(&from) == Some(&probe_id),
+                    },
+                })
+            }
+            ControllerRequest::RemoveVoter { voter_id } => {
+                ControllerResponse::RemoveVoter(self.remove_voter(voter_id).await)
+            }
+            ControllerRequest::AddVoter { voter_id } => {
+                ControllerResponse::AddVoter(self.add_voter(voter_id).await)
             }
             ControllerRequest::Register(req) => ControllerResponse::Register(
                 self.decide(|core, meta, now| core.register(meta, now, &req))
@@ -288,7 +459,10 @@ impl ControllerNode {
     /// Ok if this voter is the active controller: Raft leader, with an entry of its own term
     /// applied, so that its metadata holds everything committed before it.
     fn readiness(&self) -> Result<u64, ControllerError> {
-        let metrics = self.raft.metrics().borrow().clone();
+        let Some(raft) = self.raft.get() else {
+            return Err(ControllerError::NotController { leader_hint: None });
+        };
+        let metrics = raft.metrics().borrow().clone();
         if metrics.state != ServerState::Leader || metrics.current_leader != Some(self.id) {
             return Err(ControllerError::NotController {
                 leader_hint: metrics.current_leader.filter(|l| *l != self.id),
@@ -357,7 +531,7 @@ impl ControllerNode {
         let counts = ChangeCounts::of(&self.metadata.get().1, &records, reports);
         let bound = Duration::from_millis(self.config.commit_timeout_ms);
         let Ok(written) =
-            tokio::time::timeout(bound, self.raft.client_write(MetadataBatch { records })).await
+            tokio::time::timeout(bound, self.raft().client_write(MetadataBatch { records })).await
         else {
             return Err(ControllerError::Unavailable(format!(
                 "no commit within {} ms",
@@ -390,7 +564,7 @@ impl ControllerNode {
         let started_at_ms = self.now_ms();
         let bound = Duration::from_millis(self.config.controller.lease_ms as u64);
         let confirmed = matches!(
-            tokio::time::timeout(bound, self.raft.ensure_linearizable()).await,
+            tokio::time::timeout(bound, self.raft().ensure_linearizable()).await,
             Ok(Ok(_))
         );
         // Without a quorum's confirmation this voter may be deposed: it fences no one (and
@@ -410,6 +584,333 @@ impl ControllerNode {
         if let Err(e) = result {
             info!(node = self.id, error = %e, "controller tick did not commit");
         }
+    }
+}
+
+impl ControllerNode {
+    /// Active controller: removes `voter_id` (which lost its Raft state) from the Raft
+    /// membership, as voter and learner. Answers once the new membership is committed.
+    async fn remove_voter(&self, voter_id: RaftNodeId) -> Result<(), ControllerError> {
+        self.readiness()?;
+        if voter_id == self.id {
+            return Err(ControllerError::InvalidRequest(
+                "the active controller cannot remove itself".into(),
+            ));
+        }
+        let raft = self.raft();
+        let membership = raft
+            .metrics()
+            .borrow()
+            .membership_config
+            .membership()
+            .clone();
+        let change = if membership.voter_ids().any(|id| id == voter_id) {
+            ChangeMembers::RemoveVoters([voter_id].into())
+        } else if membership.learner_ids().any(|id| id == voter_id) {
+            ChangeMembers::RemoveNodes([voter_id].into())
+        } else {
+            return Ok(());
+        };
+        let bound = Duration::from_millis(self.config.commit_timeout_ms);
+        match tokio::time::timeout(bound, raft.change_membership(change, false)).await {
+            Ok(Ok(_)) => {
+                warn!(
+                    node = self.id,
+                    voter = voter_id,
+                    "removed controller voter {voter_id} from the quorum (it lost its Raft state); it will be added back as a new member"
+                );
+                Ok(())
+            }
+            Ok(Err(e)) => Err(membership_error(e)),
+            Err(_) => Err(ControllerError::Unavailable(format!(
+                "membership change not committed within {} ms",
+                self.config.commit_timeout_ms
+            ))),
+        }
+    }
+
+    /// Active controller: adds `voter_id` (removed before, now running Raft with an empty
+    /// log) back: as a learner, answering once it has copied the log, then as a voter.
+    async fn add_voter(&self, voter_id: RaftNodeId) -> Result<(), ControllerError> {
+        self.readiness()?;
+        let Some(address) = self.config.voters.get(&voter_id) else {
+            return Err(ControllerError::InvalidRequest(format!(
+                "{voter_id} is not among the configured voters"
+            )));
+        };
+        let raft = self.raft();
+        let membership = raft
+            .metrics()
+            .borrow()
+            .membership_config
+            .membership()
+            .clone();
+        if membership.voter_ids().any(|id| id == voter_id) {
+            return Ok(());
+        }
+        // Copying the whole log may take a while; the caller retries on a timeout.
+        let bound = Duration::from_millis(self.config.commit_timeout_ms.max(1) * 15);
+        let added = tokio::time::timeout(
+            bound,
+            raft.add_learner(voter_id, BasicNode::new(address), true),
+        )
+        .await;
+        match added {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => return Err(membership_error(e)),
+            Err(_) => {
+                return Err(ControllerError::Unavailable(format!(
+                    "voter {voter_id} did not catch up within {} ms",
+                    bound.as_millis()
+                )))
+            }
+        }
+        let promote = ChangeMembers::AddVoterIds([voter_id].into());
+        match tokio::time::timeout(bound, raft.change_membership(promote, true)).await {
+            Ok(Ok(_)) => {
+                info!(
+                    node = self.id,
+                    voter = voter_id,
+                    "controller voter {voter_id} is a voter again"
+                );
+                Ok(())
+            }
+            Ok(Err(e)) => Err(membership_error(e)),
+            Err(_) => Err(ControllerError::Unavailable(format!(
+                "membership change not committed within {} ms",
+                bound.as_millis()
+            ))),
+        }
+    }
+}
+
+fn membership_error(
+    e: RaftError<RaftNodeId, ClientWriteError<RaftNodeId, BasicNode>>,
+) -> ControllerError {
+    match e {
+        RaftError::APIError(ClientWriteError::ForwardToLeader(forward)) => {
+            ControllerError::NotController {
+                leader_hint: forward.leader_id,
+            }
+        }
+        e => ControllerError::Unavailable(e.to_string()),
+    }
+}
+
+/// How long one start-up probe of another voter may take.
+const PROBE_TIMEOUT: Duration = Duration::from_millis(500);
+/// Pause between rounds of start-up probes and of calls to the active controller.
+const PROBE_PAUSE: Duration = Duration::from_millis(100);
+
+/// A voter without Raft state: finds out whether it may run Raft (see `ControllerNode::start`)
+/// and does, or records why not.
+async fn join<D: Directory, T: ControllerTransport>(
+    node: Arc<ControllerNode>,
+    starter: RaftStarter<D, T>,
+) {
+    let outcome = decide_and_start(&node, starter).await;
+    match &outcome {
+        Ok(()) => {}
+        Err(message) => error!(node = node.id, "{message}"),
+    }
+    node.joined.send_replace(Some(outcome));
+}
+
+async fn decide_and_start<D: Directory, T: ControllerTransport>(
+    node: &Arc<ControllerNode>,
+    starter: RaftStarter<D, T>,
+) -> Result<(), String> {
+    let others: BTreeMap<RaftNodeId, String> = node
+        .config
+        .voters
+        .iter()
+        .filter(|(id, _)| **id != node.id)
+        .map(|(id, address)| (*id, address.clone()))
+        .collect();
+    let mut last_report: Option<Instant> = None;
+    loop {
+        if *node.stop.borrow() {
+            return Err("the voter stopped while starting".into());
+        }
+        let mut probes = tokio::task::JoinSet::new();
+        for (id, address) in &others {
+            let transport = Arc::clone(&starter.transport);
+            let request = ControllerRequest::VoterState {
+                from: node.id,
+                probe_id: node.probe_id,
+            };
+            let (id, target) = (*id, BasicNode::new(address));
+            probes.spawn(async move {
+                let answer =
+                    tokio::time::timeout(PROBE_TIMEOUT, transport.call(id, &target, request)).await;
+                (id, answer)
+            });
+        }
+        let mut empty = BTreeMap::new();
+        let mut formed_with_me = Vec::new();
+        let mut existing = Vec::new();
+        while let Some(probe) = probes.join_next().await {
+            let Ok((id, answer)) = probe else { continue };
+            match answer {
+                Ok(Ok(ControllerResponse::VoterState(VoterState::Empty { probe_id }))) => {
+                    empty.insert(id, probe_id);
+                }
+                Ok(Ok(ControllerResponse::VoterState(VoterState::HasState {
+                    formed_with_you: true,
+                }))) => formed_with_me.push(id),
+                Ok(Ok(ControllerResponse::VoterState(VoterState::HasState {
+                    formed_with_you: false,
+                }))) => existing.push(id),
+                _ => {}
+            }
+        }
+        existing.sort_unstable();
+        if !existing.is_empty() {
+            if node.config.rejoin_as_new_voter {
+                return rejoin(node, starter, &existing).await;
+            }
+            return Err(format!(
+                "controller voter {} has no Raft state (a new or wiped data directory) but the controller quorum already exists (voters {existing:?} have state): it will not rejoin as the same voter, which could lose committed metadata; to replace it, start it again with --rejoin-as-new-voter (docs/operations.md, \"Replacing a controller voter\")",
+                node.id
+            ));
+        }
+        let answered = empty.len() + formed_with_me.len();
+        if answered == others.len() {
+            let initialize = formed_with_me.is_empty();
+            *node.formed_with.lock() = empty;
+            node.start_raft(starter, initialize)
+                .await
+                .map_err(|e| e.to_string())?;
+            if !initialize {
+                info!(
+                    node = node.id,
+                    "joined the controller quorum that voters {formed_with_me:?} are forming"
+                );
+            }
+            return Ok(());
+        }
+        if last_report.is_none_or(|at| at.elapsed() >= Duration::from_secs(5)) {
+            last_report = Some(Instant::now());
+            let silent: Vec<RaftNodeId> = others
+                .keys()
+                .filter(|id| !empty.contains_key(id) && !formed_with_me.contains(id))
+                .copied()
+                .collect();
+            info!(
+                node = node.id,
+                "no Raft state: waiting for voters {silent:?} to answer before forming or joining the controller quorum"
+            );
+        }
+        tokio::time::sleep(PROBE_PAUSE).await;
+    }
+}
+
+/// `--rejoin-as-new-voter`: the active controller removes this voter from the membership,
+/// this voter starts Raft with an empty log, and the active controller adds it back (learner,
+/// then voter). Its lost vote and log no longer count: it is a new member.
+async fn rejoin<D: Directory, T: ControllerTransport>(
+    node: &Arc<ControllerNode>,
+    starter: RaftStarter<D, T>,
+    existing: &[RaftNodeId],
+) -> Result<(), String> {
+    warn!(
+        node = node.id,
+        "no Raft state while the controller quorum exists (voters {existing:?}): rejoining as a new voter (removed from the membership, then added back)"
+    );
+    let transport = Arc::clone(&starter.transport);
+    call_active(
+        node,
+        &*transport,
+        ControllerRequest::RemoveVoter { voter_id: node.id },
+    )
+    .await?;
+    node.start_raft(starter, false)
+        .await
+        .map_err(|e| e.to_string())?;
+    info!(
+        node = node.id,
+        "removed from the controller membership; catching up as a learner"
+    );
+    call_active(
+        node,
+        &*transport,
+        ControllerRequest::AddVoter { voter_id: node.id },
+    )
+    .await?;
+    info!(
+        node = node.id,
+        "rejoined the controller quorum as a new voter"
+    );
+    Ok(())
+}
+
+/// Sends a membership request to the active controller (following leader hints) until it
+/// succeeds, or the voter stops.
+async fn call_active<T: ControllerTransport>(
+    node: &ControllerNode,
+    transport: &T,
+    request: ControllerRequest,
+) -> Result<(), String> {
+    let others: Vec<RaftNodeId> = node
+        .config
+        .voters
+        .keys()
+        .filter(|id| **id != node.id)
+        .copied()
+        .collect();
+    if others.is_empty() {
+        return Err("no other voter to ask".into());
+    }
+    let mut target: Option<RaftNodeId> = None;
+    let mut last_report: Option<Instant> = None;
+    let mut round = 0usize;
+    loop {
+        if *node.stop.borrow() {
+            return Err("the voter stopped while rejoining".into());
+        }
+        let id = target.take().unwrap_or_else(|| {
+            round += 1;
+            others[round % others.len()]
+        });
+        let address = BasicNode::new(&node.config.voters[&id]);
+        let answer = tokio::time::timeout(
+            Duration::from_millis(node.config.commit_timeout_ms.max(1) * 20),
+            transport.call(id, &address, request.clone()),
+        )
+        .await;
+        let error = match answer {
+            Ok(Ok(
+                ControllerResponse::RemoveVoter(Ok(())) | ControllerResponse::AddVoter(Ok(())),
+            )) => return Ok(()),
+            Ok(Ok(
+                ControllerResponse::RemoveVoter(Err(e)) | ControllerResponse::AddVoter(Err(e)),
+            )) => {
+                if let ControllerError::NotController {
+                    leader_hint: Some(hint),
+                } = &e
+                {
+                    target = Some(*hint).filter(|h| *h != node.id);
+                }
+                e.to_string()
+            }
+            Ok(Ok(other)) => format!("unexpected answer {other:?}"),
+            Ok(Err(
+                TransportError::Unreachable { reason, .. }
+                | TransportError::Protocol { reason, .. },
+            )) => reason,
+            Err(_) => "no answer in time".into(),
+        };
+        if target.is_none() && last_report.is_none_or(|at| at.elapsed() >= Duration::from_secs(5)) {
+            last_report = Some(Instant::now());
+            info!(node = node.id, ?request, %error, "rejoining: the active controller did not do it yet; retrying");
+        }
+        // A leader hint is followed at once (almost: stale hints must not spin).
+        let pause = if target.is_some() {
+            Duration::from_millis(10)
+        } else {
+            PROBE_PAUSE
+        };
+        tokio::time::sleep(pause).await;
     }
 }
 

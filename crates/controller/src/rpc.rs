@@ -42,6 +42,24 @@ pub enum ControllerRequest {
         since_version: u64,
         max_wait_ms: u32,
     },
+    /// Between voters, before a voter without Raft state (a new or wiped data directory) runs
+    /// Raft: does this voter have state, i.e. does the quorum already exist? `probe_id` names
+    /// the asking process (random per start). See `ControllerNode::start`.
+    VoterState {
+        from: RaftNodeId,
+        probe_id: u64,
+    },
+    /// To the active controller, from a voter started with `--rejoin-as-new-voter`: remove
+    /// voter `voter_id` from the Raft membership (it lost its Raft state), so that it can be
+    /// added back as a new member. Answered once the removal is committed.
+    RemoveVoter {
+        voter_id: RaftNodeId,
+    },
+    /// To the active controller: add voter `voter_id` (removed before) back, as a learner
+    /// first (it copies the log), then as a voter. Answered once it is a voter again.
+    AddVoter {
+        voter_id: RaftNodeId,
+    },
 }
 
 /// The answer to a [`ControllerRequest`], variant for variant.
@@ -59,6 +77,23 @@ pub enum ControllerResponse {
     DeleteTopic(Result<TopicId, ControllerError>),
     NodeStopped(Result<(), ControllerError>),
     FetchMetadata(Result<MetadataView, ControllerError>),
+    VoterState(VoterState),
+    /// This voter has not started Raft yet (it is finding out whether the quorum exists, or
+    /// was refused because it lost its state): it takes no part in Raft.
+    VoterStarting,
+    RemoveVoter(Result<(), ControllerError>),
+    AddVoter(Result<(), ControllerError>),
+}
+
+/// What a voter answers to [`ControllerRequest::VoterState`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum VoterState {
+    /// No Raft state: this voter is itself still deciding (or new).
+    Empty { probe_id: u64 },
+    /// This voter runs Raft with a vote or a log: the quorum exists. `formed_with_you`: this
+    /// voter formed the quorum from a round in which the asking process (same probe id)
+    /// answered `Empty`, so the asker never held any Raft state and may join.
+    HasState { formed_with_you: bool },
 }
 
 /// Committed metadata at a version.

@@ -174,6 +174,12 @@ impl<D: Directory> MetadataStateMachine<D> {
         })
     }
 
+    /// The last entry applied (from the snapshot at open): `None` for a voter that never
+    /// applied anything.
+    pub fn last_applied(&self) -> Option<LogId> {
+        self.last_applied
+    }
+
     pub fn shared(&self) -> Arc<SharedMetadata> {
         self.shared.clone()
     }

@@ -507,3 +507,121 @@ async fn a_cut_off_controller_stops_granting_leases() {
     cluster.network.heal(old);
     cluster.shutdown().await;
 }
+
+/// A voter whose storage was wiped restarts: it must not take part in Raft as the same voter
+/// (the leader would find its log gone and panic, and its lost vote and log could let a quorum
+/// form without a committed entry). It refuses, naming the recovery; the other two keep an
+/// active controller that commits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wiped_voter_is_refused_and_the_others_keep_committing() {
+    let mut cluster = Cluster::start(mem_dirs(&[1, 2, 3]), |_| {}).await;
+    let active = cluster.wait_for_active().await;
+    let alive = Arc::new(AtomicBool::new(true));
+    let incarnation = register(&cluster.network, &[1, 2, 3], 11).await;
+    spawn_heartbeats(
+        cluster.network.clone(),
+        vec![1, 2, 3],
+        11,
+        incarnation,
+        alive.clone(),
+    );
+    let response = cluster.call(create_topic("before", 1, 1, 1)).await;
+    assert!(
+        matches!(response, ControllerResponse::CreateTopic(Ok(_))),
+        "{response:?}"
+    );
+    // A follower: the leader has replicated to it and remembers how far.
+    let wiped = *cluster.running.keys().find(|id| **id != active).unwrap();
+    cluster
+        .wait_until("the follower applied the topic", |m| m.topics.len() == 1)
+        .await;
+    cluster.kill(wiped).await;
+    cluster.dirs.insert(wiped, (MemDir::new(), MemDir::new()));
+    cluster.start_voter(wiped).await;
+    let refused = tokio::time::timeout(BOUND, cluster.running[&wiped].joined())
+        .await
+        .expect("the wiped voter decides");
+    let message = refused
+        .expect_err("a wiped voter must not rejoin")
+        .to_string();
+    assert!(message.contains("no Raft state"), "{message}");
+    assert!(message.contains("--rejoin-as-new-voter"), "{message}");
+    assert!(!message.contains('\n'), "one line: {message}");
+    // The other two still commit, with the refused voter's network up.
+    for i in 0..5 {
+        let response = cluster
+            .call(create_topic(&format!("after-{i}"), 1, 1, 1))
+            .await;
+        assert!(
+            matches!(response, ControllerResponse::CreateTopic(Ok(_))),
+            "{response:?}"
+        );
+    }
+    let leader = cluster.wait_for_active().await;
+    assert_ne!(leader, wiped);
+    assert_eq!(cluster.running[&leader].metadata().1.topics.len(), 6);
+    assert_eq!(
+        cluster.running[&wiped].metadata().0,
+        0,
+        "the refused voter applied nothing"
+    );
+    alive.store(false, Ordering::SeqCst);
+    cluster.shutdown().await;
+}
+
+/// `rejoin_as_new_voter`: the wiped voter is removed from the membership, copies the log as a
+/// learner, and becomes a voter again; the quorum then survives losing another voter.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wiped_voter_rejoins_as_a_new_voter() {
+    let mut cluster = Cluster::start(mem_dirs(&[1, 2, 3]), |_| {}).await;
+    let active = cluster.wait_for_active().await;
+    let alive = Arc::new(AtomicBool::new(true));
+    let incarnation = register(&cluster.network, &[1, 2, 3], 11).await;
+    spawn_heartbeats(
+        cluster.network.clone(),
+        vec![1, 2, 3],
+        11,
+        incarnation,
+        alive.clone(),
+    );
+    let response = cluster.call(create_topic("kept", 1, 1, 1)).await;
+    assert!(
+        matches!(response, ControllerResponse::CreateTopic(Ok(_))),
+        "{response:?}"
+    );
+    let wiped = *cluster.running.keys().find(|id| **id != active).unwrap();
+    cluster
+        .wait_until("the topic is committed", |m| m.topics.len() == 1)
+        .await;
+    cluster.kill(wiped).await;
+    cluster.dirs.insert(wiped, (MemDir::new(), MemDir::new()));
+    cluster.tweak = |config| config.rejoin_as_new_voter = true;
+    cluster.start_voter(wiped).await;
+    tokio::time::timeout(BOUND, cluster.running[&wiped].joined())
+        .await
+        .expect("the wiped voter rejoins in time")
+        .expect("the wiped voter rejoins");
+    let membership = cluster.running[&active]
+        .raft()
+        .metrics()
+        .borrow()
+        .membership_config
+        .membership()
+        .clone();
+    assert!(
+        membership.voter_ids().any(|id| id == wiped),
+        "{membership:?}"
+    );
+    assert_eq!(cluster.running[&wiped].metadata().1.topics.len(), 1);
+    // It votes again: with the old active controller gone, it and the third voter elect one.
+    cluster.kill(active).await;
+    let response = cluster.call(create_topic("after", 1, 1, 1)).await;
+    assert!(
+        matches!(response, ControllerResponse::CreateTopic(Ok(_))),
+        "{response:?}"
+    );
+    let leader = cluster.wait_for_active().await;
+    assert_eq!(cluster.running[&leader].metadata().1.topics.len(), 2);
+    alive.store(false, Ordering::SeqCst);
+    cluster.shutdown().await;
+}

@@ -12,6 +12,8 @@ use tokio::sync::watch;
 use tracing::info;
 
 use crate::listener::{self, Services};
+use tandem_replication::types::ReplicaConfig;
+
 use crate::node::{Node, NodeConfig};
 use crate::peer_client::PeerClient;
 use crate::tcp_peers::{TcpControllerTransport, TcpPeers};
@@ -31,6 +33,34 @@ pub struct ServerConfig {
     pub admin_listen: Option<SocketAddr>,
     /// How often table partitions are compacted.
     pub compaction_interval: std::time::Duration,
+    /// Every timeout and size of the controller voter and the node.
+    pub tuning: Tuning,
+}
+
+/// The timeouts and sizes of one server (docs/operations.md lists each, with the rule it
+/// serves). `Default` gives the defaults tuned for one machine's loopback.
+#[derive(Debug, Clone)]
+pub struct Tuning {
+    /// The controller voter's settings; its `node_id` and `voters` are the server's.
+    pub quorum: QuorumConfig,
+    /// The replicas' replication settings (lag time, long poll, backoffs, fetch size).
+    pub replica: ReplicaConfig,
+    /// Long-poll wait of the node's metadata fetches.
+    pub metadata_wait_ms: u32,
+    /// Pause before the node retries a controller call that found no active controller.
+    pub controller_retry_ms: u64,
+}
+
+impl Default for Tuning {
+    fn default() -> Tuning {
+        let node = NodeConfig::new(0, String::new(), PathBuf::new(), BTreeMap::new());
+        Tuning {
+            quorum: QuorumConfig::new(0, BTreeMap::new()),
+            replica: node.replica,
+            metadata_wait_ms: node.metadata_wait_ms,
+            controller_retry_ms: node.controller_retry_ms,
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -94,7 +124,11 @@ pub async fn run(config: ServerConfig, mut stop: watch::Receiver<bool>) -> Resul
         let log = OsDir::create_all(&log_dir).map_err(data_dir_error(&log_dir))?;
         let checkpoints =
             OsDir::create_all(&checkpoint_dir).map_err(data_dir_error(&checkpoint_dir))?;
-        let quorum = QuorumConfig::new(config.node_id as u64, config.voters.clone());
+        let quorum = QuorumConfig {
+            node_id: config.node_id as u64,
+            voters: config.voters.clone(),
+            ..config.tuning.quorum.clone()
+        };
         let transport = TcpControllerTransport {
             client: Arc::clone(&client),
         };
@@ -110,6 +144,9 @@ pub async fn run(config: ServerConfig, mut stop: watch::Receiver<bool>) -> Resul
     );
     node_config.admin_address = admin_address.clone();
     node_config.compaction_interval = config.compaction_interval;
+    node_config.replica = config.tuning.replica.clone();
+    node_config.metadata_wait_ms = config.tuning.metadata_wait_ms;
+    node_config.controller_retry_ms = config.tuning.controller_retry_ms;
     let node = Node::start(
         node_config,
         Arc::new(TcpPeers::new(Arc::clone(&client), config.node_id)),
@@ -141,9 +178,30 @@ pub async fn run(config: ServerConfig, mut stop: watch::Receiver<bool>) -> Resul
             "admin: dashboard http://{admin}/ metrics http://{admin}/metrics"
         );
     }
-    let _ = stop.wait_for(|s| *s).await;
-    info!(node = config.node_id, "stopping: moving leaderships away");
-    node.shutdown(true).await;
+    // A voter without Raft state finds out in the background whether it may join; when it
+    // may not (it lost its state while the quorum exists), the server stops with that error.
+    let refused = async {
+        match &voter {
+            Some(voter) => match voter.joined().await {
+                Ok(()) => std::future::pending().await,
+                Err(e) => e,
+            },
+            None => std::future::pending().await,
+        }
+    };
+    let refused = tokio::select! {
+        _ = stop.wait_for(|s| *s) => None,
+        e = refused => Some(e),
+    };
+    if refused.is_some() {
+        info!(
+            node = config.node_id,
+            "stopping: the controller voter may not run"
+        );
+    } else {
+        info!(node = config.node_id, "stopping: moving leaderships away");
+    }
+    node.shutdown(refused.is_none()).await;
     if let Some(voter) = &voter {
         voter.shutdown().await;
     }
@@ -154,7 +212,10 @@ pub async fn run(config: ServerConfig, mut stop: watch::Receiver<bool>) -> Resul
         let _ = tokio::time::timeout(std::time::Duration::from_secs(1), admin_serving).await;
     }
     info!(node = config.node_id, "stopped");
-    Ok(())
+    match refused {
+        Some(e) => Err(ServerError::Controller(e)),
+        None => Ok(()),
+    }
 }
 
 /// The admin address others should use: the bound one, with the advertised host when bound to

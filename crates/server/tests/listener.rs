@@ -87,6 +87,7 @@ async fn bad_frames_close_only_their_connection() {
         max_frame_bytes: 64 * 1024,
         admin_listen: None,
         compaction_interval: Duration::from_secs(30),
+        tuning: Default::default(),
     };
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let server = tokio::spawn(runtime::run(config, stopped));

@@ -5,6 +5,7 @@ mod http;
 mod kv_cmd;
 mod log_cmd;
 mod server_cmd;
+mod server_config;
 
 use std::process::ExitCode;
 
@@ -36,7 +37,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run one node.
-    Server(server_cmd::ServerArgs),
+    Server(Box<server_cmd::ServerArgs>),
     /// Run a local cluster (3 nodes by default, data in ./tandem-data), restarting nodes that
     /// die, until Ctrl-C.
     Dev(server_cmd::DevArgs),
@@ -79,7 +80,7 @@ fn main() -> ExitCode {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let result = match cli.command {
-        Command::Server(args) => server_cmd::server(args),
+        Command::Server(args) => server_cmd::server(*args),
         Command::Dev(args) => server_cmd::dev(args),
         Command::Log(command) => log_cmd::run(command),
         Command::Sim { args } => Ok(ExitCode::from(tandem_sim::run(args).clamp(0, 255) as u8)),

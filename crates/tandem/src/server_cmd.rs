@@ -1,6 +1,5 @@
 //! `tandem server` (one node) and `tandem dev` (a local cluster of them).
 
-use std::collections::BTreeMap;
 use std::fs::OpenOptions;
 use std::io::{BufRead, Write};
 use std::net::{SocketAddr, TcpListener};
@@ -11,7 +10,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use clap::Args;
-use tandem_server::runtime::{self, ServerConfig};
+use tandem_server::runtime;
+
+use crate::server_config::Settings;
 
 const SERVER_EXAMPLES: &str = "\
 Examples:
@@ -20,71 +21,183 @@ Examples:
       --voters 1=127.0.0.1:9092,2=127.0.0.1:9093,3=127.0.0.1:9094
   # A single-node cluster:
   tandem server --id 1 --data-dir ./data --voters 1=127.0.0.1:9092
+  # Settings from a TOML file (keys named as the flags; flags override it), checked and shown:
+  tandem server --config /etc/tandem/tandem.toml --print-config
+  # A controller voter whose data directory was lost (docs/operations.md):
+  tandem server --config /etc/tandem/tandem.toml --rejoin-as-new-voter
 
 SIGTERM or Ctrl-C: controlled shutdown (leaderships moved away, logs flushed).
 Log level: TANDEM_LOG (e.g. TANDEM_LOG=debug).";
 
+/// `tandem server`'s flags. Each setting is optional here: unset, it comes from the
+/// `--config` file, else from the defaults (server_config.rs; docs/operations.md lists them).
 #[derive(Args)]
 #[command(after_help = SERVER_EXAMPLES)]
 pub struct ServerArgs {
+    /// A TOML file of settings, keys named as these flags (`session-timeout-ms = 600`); flags
+    /// override it.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Print the effective settings (defaults, file, flags) as TOML and exit.
+    #[arg(long)]
+    pub print_config: bool,
     /// This node's id.
     #[arg(long)]
-    pub id: i32,
-    /// Address to listen on, for clients and peers alike.
-    #[arg(long, default_value = "127.0.0.1:9092")]
-    pub listen: SocketAddr,
+    pub id: Option<i32>,
+    /// Address to listen on, for clients and peers alike [default: 127.0.0.1:9092].
+    #[arg(long)]
+    pub listen: Option<SocketAddr>,
     /// host:port others should use to reach this node (default: the listen address).
     #[arg(long)]
     pub advertised: Option<String>,
     /// Where this node keeps its logs and state (created if missing).
     #[arg(long)]
-    pub data_dir: PathBuf,
+    pub data_dir: Option<PathBuf>,
     /// Controller voters as id=host:port, comma separated (1, 3 or 5 of them).
-    #[arg(long, value_parser = parse_voters)]
-    pub voters: BTreeMap<u64, String>,
-    /// Largest request frame accepted.
-    #[arg(long, default_value_t = tandem_protocol::DEFAULT_MAX_FRAME_BYTES)]
-    pub max_frame_bytes: usize,
+    #[arg(long)]
+    pub voters: Option<String>,
+    /// Largest request frame accepted [default: 104857600].
+    #[arg(long)]
+    pub max_frame_bytes: Option<usize>,
     /// Serve the admin HTTP API here: /metrics, /api/cluster, the dashboard at / (default:
     /// none). Registered with the controller, so `tandem status` finds it.
     #[arg(long, value_name = "HOST:PORT")]
     pub admin_listen: Option<SocketAddr>,
-    /// How often each table partition's log is compacted (latest record per key).
-    #[arg(long, env = "TANDEM_COMPACTION_INTERVAL_MS", default_value_t = 30_000, value_parser = clap::value_parser!(u64).range(100..))]
-    pub compaction_interval_ms: u64,
+    /// How often each table partition's log is compacted (latest record per key) [default:
+    /// 30000].
+    #[arg(long, env = "TANDEM_COMPACTION_INTERVAL_MS")]
+    pub compaction_interval_ms: Option<u64>,
+    /// How often nodes heartbeat the active controller (rule 7) [default: 100].
+    #[arg(long, help_heading = "Liveness and leases")]
+    pub heartbeat_interval_ms: Option<i64>,
+    /// A node not heard from for this long is fenced (rule 7) [default: 600].
+    #[arg(long, help_heading = "Liveness and leases")]
+    pub session_timeout_ms: Option<i64>,
+    /// How long a partition leader acts on one heartbeat reply; at most 3/4 of the session
+    /// timeout (rule 8) [default: 400].
+    #[arg(long, help_heading = "Liveness and leases")]
+    pub lease_ms: Option<i64>,
+    /// Move leadership back to a preferred replica once it is in the ISR again [default: true].
+    #[arg(long, help_heading = "Liveness and leases")]
+    pub auto_leader_rebalance: Option<bool>,
+    /// How often the active controller confirms its leadership, expires sessions and elects
+    /// [default: 50].
+    #[arg(long, help_heading = "Liveness and leases")]
+    pub controller_tick_interval_ms: Option<u64>,
+    /// How long a controller decision waits for its commit [default: 2000].
+    #[arg(long, help_heading = "Liveness and leases")]
+    pub controller_commit_timeout_ms: Option<u64>,
+    /// The controller Raft leader's heartbeat to the other voters [default: 50].
+    #[arg(long, help_heading = "Controller Raft")]
+    pub raft_heartbeat_interval_ms: Option<u64>,
+    /// A voter hearing no Raft leader for a random time between min and max stands for
+    /// election [default: 150].
+    #[arg(long, help_heading = "Controller Raft")]
+    pub raft_election_timeout_min_ms: Option<u64>,
+    /// [default: 300]
+    #[arg(long, help_heading = "Controller Raft")]
+    pub raft_election_timeout_max_ms: Option<u64>,
+    /// Entries between controller snapshots [default: 1000].
+    #[arg(long, help_heading = "Controller Raft")]
+    pub raft_snapshot_after_entries: Option<u64>,
+    /// Entries kept behind a snapshot for slightly late voters [default: 100].
+    #[arg(long, help_heading = "Controller Raft")]
+    pub raft_entries_kept_after_snapshot: Option<u64>,
+    /// Segment size of the controller's Raft log [default: 8388608].
+    #[arg(long, help_heading = "Controller Raft")]
+    pub raft_segment_bytes: Option<u64>,
+    /// Largest controller Raft entry [default: 16777216].
+    #[arg(long, help_heading = "Controller Raft")]
+    pub raft_max_entry_bytes: Option<usize>,
+    /// This voter lost its data directory: have it removed from the controller membership and
+    /// added back as a new voter (docs/operations.md, "Replacing a controller voter").
+    #[arg(long, num_args = 0..=1, default_missing_value = "true", help_heading = "Controller Raft")]
+    pub rejoin_as_new_voter: Option<bool>,
+    /// A follower not caught up for this long leaves the ISR (rule 5) [default: 2000].
+    #[arg(long, help_heading = "Replication")]
+    pub replica_lag_time_max_ms: Option<i64>,
+    /// How long a follower's fetch may wait at the leader (long poll, rule 2) [default: 200].
+    #[arg(long, help_heading = "Replication")]
+    pub replica_fetch_wait_max_ms: Option<i64>,
+    /// Most bytes one replica fetch returns [default: 1048576].
+    #[arg(long, help_heading = "Replication")]
+    pub replica_fetch_max_bytes: Option<usize>,
+    /// Pause before a follower fetches again after an error [default: 50].
+    #[arg(long, help_heading = "Replication")]
+    pub replica_fetch_backoff_ms: Option<i64>,
+    /// A replica fetch unanswered for this long is sent again [default: 2000].
+    #[arg(long, help_heading = "Replication")]
+    pub replica_fetch_timeout_ms: Option<i64>,
+    /// Pause before a refused or lost ISR proposal is retried [default: 100].
+    #[arg(long, help_heading = "Replication")]
+    pub isr_change_backoff_ms: Option<i64>,
+    /// Long-poll wait of the node's metadata fetches [default: 1000].
+    #[arg(long, help_heading = "Node")]
+    pub metadata_wait_ms: Option<u32>,
+    /// Pause before retrying a controller call that found no active controller [default: 50].
+    #[arg(long, help_heading = "Node")]
+    pub controller_retry_ms: Option<u64>,
 }
 
-fn parse_voters(text: &str) -> Result<BTreeMap<u64, String>, String> {
-    let mut voters = BTreeMap::new();
-    for part in text.split(',').filter(|p| !p.is_empty()) {
-        let (id, address) = part
-            .split_once('=')
-            .ok_or_else(|| format!("{part:?} is not id=host:port"))?;
-        let id: u64 = id
-            .parse()
-            .map_err(|_| format!("bad voter id in {part:?}"))?;
-        if !address.contains(':') {
-            return Err(format!("{address:?} is not host:port"));
+impl ServerArgs {
+    /// Defaults, then the `--config` file, then the flags.
+    pub fn settings(&self) -> Result<Settings, String> {
+        let mut s = match &self.config {
+            Some(path) => Settings::from_file(path)?,
+            None => Settings::default(),
+        };
+        macro_rules! overlay {
+            ($($field:ident),* $(,)?) => {
+                $( if let Some(value) = self.$field.clone() { s.$field = value; } )*
+            };
         }
-        voters.insert(id, address.to_string());
+        macro_rules! overlay_optional {
+            ($($field:ident),* $(,)?) => {
+                $( if let Some(value) = self.$field.clone() { s.$field = Some(value); } )*
+            };
+        }
+        overlay_optional!(id, advertised, data_dir, voters, admin_listen);
+        overlay!(
+            listen,
+            max_frame_bytes,
+            compaction_interval_ms,
+            heartbeat_interval_ms,
+            session_timeout_ms,
+            lease_ms,
+            auto_leader_rebalance,
+            controller_tick_interval_ms,
+            controller_commit_timeout_ms,
+            raft_heartbeat_interval_ms,
+            raft_election_timeout_min_ms,
+            raft_election_timeout_max_ms,
+            raft_snapshot_after_entries,
+            raft_entries_kept_after_snapshot,
+            raft_segment_bytes,
+            raft_max_entry_bytes,
+            rejoin_as_new_voter,
+            replica_lag_time_max_ms,
+            replica_fetch_wait_max_ms,
+            replica_fetch_max_bytes,
+            replica_fetch_backoff_ms,
+            replica_fetch_timeout_ms,
+            isr_change_backoff_ms,
+            metadata_wait_ms,
+            controller_retry_ms,
+        );
+        Ok(s)
     }
-    if ![1, 3, 5].contains(&voters.len()) {
-        return Err(format!("{} voters; use 1, 3 or 5", voters.len()));
-    }
-    Ok(voters)
 }
 
 pub fn server(args: ServerArgs) -> anyhow::Result<ExitCode> {
-    let config = ServerConfig {
-        node_id: args.id,
-        listen: args.listen,
-        advertised: args.advertised,
-        data_dir: args.data_dir,
-        voters: args.voters,
-        max_frame_bytes: args.max_frame_bytes,
-        admin_listen: args.admin_listen,
-        compaction_interval: std::time::Duration::from_millis(args.compaction_interval_ms),
-    };
+    let settings = args.settings().map_err(anyhow::Error::msg)?;
+    settings
+        .validate()
+        .map_err(|e| anyhow::anyhow!("bad configuration: {e}"))?;
+    if args.print_config {
+        print!("{}", settings.to_toml());
+        return Ok(ExitCode::SUCCESS);
+    }
+    let config = settings.server_config().map_err(anyhow::Error::msg)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

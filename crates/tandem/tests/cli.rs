@@ -711,3 +711,125 @@ fn help_has_examples_and_errors_are_one_line() {
     assert_eq!(output.status.code(), Some(2), "{}", show(&output));
     assert_eq!(text(&output.stderr).trim().lines().count(), 1);
 }
+
+/// `tandem server` settings: a TOML file with the flags' names, flags over the file,
+/// `--print-config` shows the effective values, and a broken relation (rule 8's lease vs
+/// session, lag time vs long poll) or an unknown key is refused in one line, exit code 2,
+/// before anything starts.
+#[test]
+fn server_config_file_flags_print_config_and_refused_relations() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("tandem.toml");
+    std::fs::write(
+        &file,
+        "id = 7\nvoters = \"7=127.0.0.1:19092\"\ndata-dir = \"/var/lib/tandem\"\n\
+         session-timeout-ms = 2000\nlease-ms = 1400\nreplica-lag-time-max-ms = 9000\n",
+    )
+    .unwrap();
+    let file_arg = file.to_str().unwrap();
+    let output = tandem(
+        &[
+            "server",
+            "--config",
+            file_arg,
+            "--heartbeat-interval-ms",
+            "250",
+            "--print-config",
+        ],
+        "",
+    );
+    assert!(output.status.success(), "{}", show(&output));
+    let printed = text(&output.stdout);
+    for line in [
+        "id = 7",
+        "session-timeout-ms = 2000",
+        "lease-ms = 1400",
+        "replica-lag-time-max-ms = 9000",
+        "heartbeat-interval-ms = 250",
+        // Untouched settings keep their defaults.
+        "replica-fetch-wait-max-ms = 200",
+        "raft-election-timeout-min-ms = 150",
+    ] {
+        assert!(
+            printed.lines().any(|l| l == line),
+            "{line:?} missing from:\n{printed}"
+        );
+    }
+    // A flag overrides the file.
+    let output = tandem(
+        &[
+            "server",
+            "--config",
+            file_arg,
+            "--lease-ms",
+            "1000",
+            "--print-config",
+        ],
+        "",
+    );
+    assert!(
+        text(&output.stdout).lines().any(|l| l == "lease-ms = 1000"),
+        "{}",
+        show(&output)
+    );
+
+    // Broken relations, from a flag or from the file: one line, exit 2, nothing started.
+    let bad_file = dir.path().join("bad.toml");
+    std::fs::write(&bad_file, "replica-fetch-wait-max-ms = 5000\n").unwrap();
+    for (args, expected) in [
+        (
+            vec!["server", "--config", file_arg, "--lease-ms", "1800"],
+            "lease-ms 1800 must be at most 3/4 of session-timeout-ms 2000",
+        ),
+        (
+            vec![
+                "server",
+                "--id",
+                "1",
+                "--data-dir",
+                "/nonexistent/x",
+                "--voters",
+                "1=127.0.0.1:1",
+                "--heartbeat-interval-ms",
+                "700",
+            ],
+            "heartbeat-interval-ms 700 must be below session-timeout-ms 600",
+        ),
+        (
+            vec!["server", "--config", bad_file.to_str().unwrap()],
+            "replica-lag-time-max-ms 2000 must exceed replica-fetch-wait-max-ms 5000",
+        ),
+    ] {
+        let output = tandem(&args, "");
+        assert_eq!(output.status.code(), Some(2), "{args:?}: {}", show(&output));
+        let err = text(&output.stderr);
+        assert_eq!(err.trim().lines().count(), 1, "{args:?}: {err}");
+        assert!(err.starts_with("error: bad configuration: "), "{err}");
+        assert!(err.contains(expected), "{args:?}: {err}");
+        assert!(!std::path::Path::new("/nonexistent/x").exists());
+    }
+    // A typo in the file is not silently ignored.
+    std::fs::write(&bad_file, "session-timeout = 2000\n").unwrap();
+    let output = tandem(&["server", "--config", bad_file.to_str().unwrap()], "");
+    assert_eq!(output.status.code(), Some(2), "{}", show(&output));
+    let err = text(&output.stderr);
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert!(err.contains("session-timeout"), "{err}");
+    // Without an id anywhere: said so.
+    let output = tandem(
+        &[
+            "server",
+            "--data-dir",
+            "/nonexistent/x",
+            "--voters",
+            "1=127.0.0.1:1",
+        ],
+        "",
+    );
+    assert_eq!(output.status.code(), Some(2), "{}", show(&output));
+    assert!(
+        text(&output.stderr).contains("--id is required"),
+        "{}",
+        show(&output)
+    );
+}

@@ -132,6 +132,50 @@ impl Cluster {
         server.child = Some(child);
     }
 
+    /// `restart`, with extra `tandem server` flags (e.g. `--rejoin-as-new-voter`).
+    pub fn restart_with_args(&mut self, id: i32, extra: &[&str]) {
+        assert!(!self.is_up(id), "node {id} is still running");
+        let dir = self.dir.path().to_path_buf();
+        let voters = self.voters.clone();
+        let server = self.server_mut(id);
+        let child = spawn_server_with_args(
+            &dir,
+            id,
+            &server.address,
+            &server.admin_address,
+            &voters,
+            extra,
+        );
+        server.child = Some(child);
+    }
+
+    /// Waits at most `timeout` for node `id`'s process to exit by itself; its exit status
+    /// (the node is then down), or `None` if it still runs.
+    pub fn wait_for_exit(
+        &mut self,
+        id: i32,
+        timeout: Duration,
+    ) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        let server = self.server_mut(id);
+        let child = server.child.as_mut()?;
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                server.child = None;
+                return Some(status);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// The whole log of node `id` (all its processes).
+    pub fn log_of(&self, id: i32) -> String {
+        std::fs::read_to_string(self.dir.path().join(format!("node-{id}.log"))).unwrap_or_default()
+    }
+
     /// Sends `signal` (libc::SIGSTOP, SIGCONT, SIGTERM, ...) to node `id`'s process.
     pub fn signal(&self, id: i32, signal: i32) {
         let child = self
@@ -391,6 +435,47 @@ pub fn spawn_server(
             "--admin-listen",
             admin_address,
         ])
+        .arg("--data-dir")
+        .arg(dir.join(format!("node-{id}")))
+        .env("TANDEM_LOG", "info,openraft=warn")
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .expect("start tandem server")
+}
+
+/// `spawn_server` of a restarted node, with extra `tandem server` flags.
+pub fn spawn_server_with_args(
+    dir: &Path,
+    id: i32,
+    address: &str,
+    admin_address: &str,
+    voters: &str,
+    extra: &[&str],
+) -> Child {
+    let path = dir.join(format!("node-{id}.log"));
+    let mut log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&path)
+        .unwrap();
+    let _ = writeln!(
+        log,
+        "===== test harness: node {id} restarted with {extra:?} ====="
+    );
+    Command::new(env!("CARGO_BIN_EXE_tandem"))
+        .args([
+            "server",
+            "--id",
+            &id.to_string(),
+            "--listen",
+            address,
+            "--voters",
+            voters,
+            "--admin-listen",
+            admin_address,
+        ])
+        .args(extra)
         .arg("--data-dir")
         .arg(dir.join(format!("node-{id}")))
         .env("TANDEM_LOG", "info,openraft=warn")
