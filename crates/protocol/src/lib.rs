@@ -500,10 +500,11 @@ pub fn with_length_prefix(frame: &[u8]) -> Bytes {
     out.freeze()
 }
 
-/// Tandem's extensions of Kafka's Fetch response, carried as tagged fields of a partition's
-/// data (Fetch v12+, where tagged fields exist). A follower replicates with Kafka's own Fetch
-/// (DESIGN.md); these carry what a Tandem leader tells its followers beyond Kafka's fields.
-/// Kafka clients ignore tags they do not know.
+/// Tandem's extensions of Kafka's Fetch, carried as tagged fields of a partition's data in
+/// the response, and of a partition in a follower's request (Fetch v12+, where tagged fields
+/// exist). A follower replicates with Kafka's own Fetch (DESIGN.md); these carry what a Tandem
+/// leader and its followers tell each other beyond Kafka's fields. Kafka clients ignore tags
+/// they do not know.
 pub mod fetch_tags {
     /// i64, big-endian: flush your log up to here and report it (`durability = flushed`).
     pub const FLUSH_UP_TO: i32 = 10_000;
@@ -512,6 +513,10 @@ pub mod fetch_tags {
     /// i64, big-endian: the leader's compaction horizon (tombstones below it may be gone): a
     /// follower appending batches from below it raises its own horizon that far.
     pub const COMPACTION_HORIZON: i32 = 10_002;
+    /// i64, big-endian, in a follower's *request* (a partition of Fetch v12+): the HW the
+    /// follower knows. The leader answers at once, without a long poll, while its HW is above
+    /// it, so a follower never misses a HW whose answer was lost (docs/protocol.md).
+    pub const KNOWN_HIGH_WATERMARK: i32 = 10_003;
     /// The version a follower's Fetch uses: the first with tagged fields and diverging epochs.
     pub const REPLICA_FETCH_VERSION: i16 = 12;
 

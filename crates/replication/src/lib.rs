@@ -29,6 +29,8 @@
 //! - [`FetchData::flush_up_to`]: the leader asks followers to flush that far (a
 //!   `Durability::Flushed` produce is waiting), unless every replica flushes after each append
 //!   ([`ReplicaConfig::flush_after_append`]).
+//! - [`FetchRequest::known_high_watermark`]: the HW the follower knows; the leader answers
+//!   at once while its HW is above it, so that a lost answer never leaves a follower's HW stale.
 //! - [`Action::SendFlushReport`] / [`Event::FlushReport`]: a follower's flushed offset, sent
 //!   once it is on disk; Tandem's own request (DESIGN.md, "flushed-offset reports").
 //!

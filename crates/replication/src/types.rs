@@ -128,6 +128,12 @@ pub struct FetchRequest {
     pub current_leader_epoch: Option<i32>,
     pub max_bytes: usize,
     pub max_wait_ms: i64,
+    /// For a follower, the HW it knows (Tandem's extension of Kafka's Fetch). The leader
+    /// answers at once, without parking, while its own HW is above it: whether the follower
+    /// learns a new HW then never depends on which earlier answer reached it (an answer to
+    /// a long poll its fetcher abandoned is lost). `None` from a follower that does not send
+    /// it: the leader then goes by the HW it last answered that follower with.
+    pub known_high_watermark: Option<i64>,
 }
 
 /// Where a follower's log stops agreeing with the leader's: the largest epoch ≤ the

@@ -426,6 +426,13 @@ fn wanted_partitions(
                     .then_some(partition.current_leader_epoch),
                 max_bytes: partition.partition_max_bytes.max(0) as usize,
                 max_wait_ms,
+                known_high_watermark: replica_id
+                    .and(
+                        partition
+                            .unknown_tagged_fields
+                            .get(&tandem_protocol::fetch_tags::KNOWN_HIGH_WATERMARK),
+                    )
+                    .and_then(|b| tandem_protocol::fetch_tags::decode_i64(b)),
             };
             wanted.push((tp, fetch));
         }
@@ -505,17 +512,96 @@ fn fetch_response(
     FetchResponse::default().with_responses(responses)
 }
 
+/// Whether a partition's answer to a follower tells it anything: records, a diverging
+/// epoch, an error, or a HW above the one it says it knows. The core's rule for parking a
+/// follower's fetch (replica/serve.rs, `fetch_has_news`), seen from outside.
+fn tells_follower_something(request: &types::FetchRequest, result: &FetchResult) -> bool {
+    match result {
+        Err(_) => true,
+        Ok(data) => {
+            !data.records.is_empty()
+                || data.diverging_epoch.is_some()
+                || request
+                    .known_high_watermark
+                    .is_some_and(|known| data.high_watermark > known)
+        }
+    }
+}
+
+/// A follower's Fetch of many partitions (its fetcher for this leader sends one at a time,
+/// docs/server.md). Kafka's rule: answer as soon as any partition has something to tell, or
+/// after `max_wait_ms`; an idle partition's long poll never holds back a busy one.
+///
+/// First every partition is answered as it is now (no waiting). If none has news, each is
+/// long-polled at once, and the first answer with news ends the wait: the Fetch then carries
+/// it, and for the others their answer of the first pass (still true: nothing new). The polls
+/// left behind stay parked in their cores until the follower's next fetch of the partition
+/// answers them into the void (replica/serve.rs, `answer_superseded`); since the follower
+/// says which HW it knows, a HW carried only by such a lost answer is told again at once.
+async fn replica_fetch(
+    node: &Arc<Node>,
+    wanted: &[(TopicPartition, types::FetchRequest)],
+    max_wait_ms: i64,
+) -> Vec<FetchResult> {
+    let now: Vec<_> = wanted
+        .iter()
+        .map(|(tp, fetch)| {
+            let fetch = types::FetchRequest {
+                max_wait_ms: 0,
+                ..fetch.clone()
+            };
+            (tp.clone(), fetch)
+        })
+        .collect();
+    let mut results = fetch_all(node, &now).await;
+    let news = |results: &[FetchResult]| {
+        wanted
+            .iter()
+            .zip(results)
+            .any(|((_, request), result)| tells_follower_something(request, result))
+    };
+    if max_wait_ms <= 0 || news(&results) {
+        return results;
+    }
+    let mut polls = tokio::task::JoinSet::new();
+    for (index, (tp, fetch)) in wanted.iter().enumerate() {
+        let (node, tp, fetch) = (Arc::clone(node), tp.clone(), fetch.clone());
+        polls.spawn(async move { (index, fetch_one(&node, &tp, fetch).await) });
+    }
+    // The cores answer their polls at max_wait (to a tick); the margin only bounds a
+    // partition thread that is stuck.
+    let deadline = tokio::time::Instant::now()
+        + std::time::Duration::from_millis(max_wait_ms as u64 + REPLICA_FETCH_MARGIN_MS);
+    while let Ok(Some(joined)) = tokio::time::timeout_at(deadline, polls.join_next()).await {
+        let Ok((index, result)) = joined else {
+            continue;
+        };
+        let told = tells_follower_something(&wanted[index].1, &result);
+        results[index] = result;
+        if told {
+            break; // the other polls are dropped with the set
+        }
+    }
+    results
+}
+
+/// How long past its max wait a follower's Fetch may wait for a partition's answer.
+const REPLICA_FETCH_MARGIN_MS: u64 = 100;
+
 async fn fetch(node: &Arc<Node>, request: FetchRequest, version: i16) -> FetchResponse {
     let max_wait_ms = request.max_wait_ms.max(0) as i64;
     if request.replica_id.0 >= 0 {
-        // A follower's Fetch: each partition is one long-polled fetch of the core, which
-        // learns the follower's LEO from the fetch offset and may answer with a diverging
-        // epoch. Below v12 there are no tagged fields to carry flush requests: refused.
+        // A follower's Fetch: each partition is a fetch of its core, which learns the
+        // follower's LEO from the fetch offset and may answer with a diverging epoch. Below
+        // v12 there are no tagged fields to carry flush requests: refused.
         let wanted = wanted_partitions(&request, Some(request.replica_id.0), max_wait_ms);
+        let metrics = &node.observability().metrics;
+        metrics.replica_fetch_requests.inc();
+        metrics.replica_fetch_partitions.inc_by(wanted.len() as u64);
         let results = if version < tandem_protocol::fetch_tags::REPLICA_FETCH_VERSION {
             vec![Err(errors::UNSUPPORTED_VERSION.into()); wanted.len()]
         } else {
-            fetch_all(node, &wanted).await
+            replica_fetch(node, &wanted, max_wait_ms).await
         };
         return fetch_response(wanted, results, true);
     }

@@ -3,6 +3,7 @@
 //! - [`partition`]: one replica at run time — the replication core, its log, its thread.
 //! - [`node`]: one node — its session with the controller, the committed metadata it acts on,
 //!   its replicas, and the calls it makes to other nodes through [`node::Peers`].
+//! - [`fetcher`]: one fetcher per leader node, batching the partitions fetched from it.
 //!
 //! - [`listener`], [`dispatch`], [`kafka`]: the TCP listener, Kafka's APIs and Tandem's key.
 //! - [`peer_client`], [`tcp_peers`]: calls to other nodes and controller voters over TCP.
@@ -14,6 +15,7 @@ pub mod admin;
 pub mod compaction;
 pub mod dispatch;
 pub mod events;
+pub mod fetcher;
 pub mod kafka;
 pub mod kv;
 pub mod listener;

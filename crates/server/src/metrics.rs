@@ -58,6 +58,10 @@ pub struct NodeMetrics {
     /// By `kind`: consumer or follower. A fetch's time includes its long poll.
     pub fetch_seconds: HistogramFamily,
     pub fetch_bytes: Family<KindLabel, Counter>,
+    /// Kafka Fetch requests from followers (one per fetcher round, many partitions each),
+    /// and the partitions they named: their ratio is how well fetchers batch.
+    pub replica_fetch_requests: Counter,
+    pub replica_fetch_partitions: Counter,
     pub storage: StorageMetrics,
     /// Timeline events seen in committed metadata, by `kind` (events.rs).
     pub cluster_events: Family<KindLabel, Counter>,
@@ -137,6 +141,8 @@ impl Observability {
             produce_records: Counter::default(),
             fetch_seconds: Family::new_with_constructor(latency_histogram),
             fetch_bytes: Family::default(),
+            replica_fetch_requests: Counter::default(),
+            replica_fetch_partitions: Counter::default(),
             storage: StorageMetrics {
                 append_seconds: latency_histogram(),
                 flush_seconds: latency_histogram(),
@@ -176,6 +182,16 @@ impl Observability {
             "tandem_fetch_bytes",
             "Record batch bytes served by fetches, by kind (consumer or follower)",
             m.fetch_bytes.clone(),
+        );
+        registry.register(
+            "tandem_replica_fetch_requests",
+            "Fetch requests from followers received (each names many partitions)",
+            m.replica_fetch_requests.clone(),
+        );
+        registry.register(
+            "tandem_replica_fetch_partitions",
+            "Partitions named by the Fetch requests from followers",
+            m.replica_fetch_partitions.clone(),
         );
         registry.register(
             "tandem_storage_append_seconds",

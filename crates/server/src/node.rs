@@ -54,12 +54,13 @@ pub struct Unreachable {
 /// The calls a node makes to other nodes. The server implements them over TCP with Tandem's
 /// API key; tests wire nodes together in memory.
 pub trait Peers: Send + Sync + 'static {
+    /// One replica Fetch of many partitions (a fetcher's, fetcher.rs): an answer per
+    /// partition, in order, or `Unreachable` when the leader could not be asked at all.
     fn replica_fetch(
         &self,
         address: String,
-        partition: TopicPartition,
-        request: FetchRequest,
-    ) -> BoxFuture<Result<FetchData<Bytes>, FetchFailure>>;
+        partitions: Vec<(TopicPartition, FetchRequest)>,
+    ) -> BoxFuture<Result<Vec<crate::fetcher::PartitionAnswer>, Unreachable>>;
     fn flush_report(
         &self,
         address: String,
@@ -102,6 +103,9 @@ pub struct NodeConfig {
     pub admin_address: Option<String>,
     /// How often table partitions are compacted (on a thread of their own).
     pub compaction_interval: Duration,
+    /// One fetcher per leader node, batching every partition fetched from it (fetcher.rs);
+    /// false: one Fetch per partition, for benchmarks (`TANDEM_REPLICA_FETCH_PER_PARTITION`).
+    pub replica_fetch_batching: bool,
 }
 
 impl NodeConfig {
@@ -130,6 +134,7 @@ impl NodeConfig {
             controller_retry_ms: 50,
             admin_address: None,
             compaction_interval: Duration::from_secs(30),
+            replica_fetch_batching: crate::fetcher::batching_from_env(),
         }
     }
 }
@@ -166,6 +171,9 @@ pub struct Node {
     metadata: RwLock<(u64, Arc<Metadata>)>,
     replicas: RwLock<BTreeMap<TopicPartition, Replica>>,
     outbound: mpsc::UnboundedSender<Outbound>,
+    /// The fetchers' task (fetcher.rs): partitions' fetches and their handled notices, in
+    /// the order the partitions emitted them.
+    fetcher: mpsc::UnboundedSender<crate::fetcher::FetcherInput>,
     /// The voter believed to be the active controller.
     active_controller: Mutex<Option<u64>>,
     /// The last active controller known (for the timeline: `active_controller` is `None`
@@ -185,6 +193,7 @@ impl Node {
     pub fn start(config: NodeConfig, peers: Arc<dyn Peers>) -> std::io::Result<Arc<Node>> {
         let local_state = crate::local_state::LocalState::load(&config.data_dir)?;
         let (outbound, outbound_rx) = mpsc::unbounded_channel();
+        let (fetcher, fetcher_rx) = mpsc::unbounded_channel();
         let (stopping, _) = watch::channel(false);
         let process_id = process_id();
         let node = Arc::new(Node {
@@ -204,6 +213,7 @@ impl Node {
             metadata: RwLock::new((0, Arc::new(Metadata::default()))),
             replicas: RwLock::new(BTreeMap::new()),
             outbound,
+            fetcher,
             active_controller: Mutex::new(None),
             last_known_controller: Mutex::new(None),
             metadata_nudge: tokio::sync::Notify::new(),
@@ -214,6 +224,7 @@ impl Node {
         tokio::spawn(Arc::clone(&node).session_loop());
         tokio::spawn(Arc::clone(&node).metadata_loop());
         tokio::spawn(Arc::clone(&node).dispatch_loop(outbound_rx));
+        tokio::spawn(crate::fetcher::run(Arc::clone(&node), fetcher_rx));
         let compactor = Arc::downgrade(&node);
         std::thread::Builder::new()
             .name("compactor".into())
@@ -235,6 +246,25 @@ impl Node {
 
     pub(crate) fn stopped(&self) -> bool {
         *self.stopping.borrow()
+    }
+
+    /// Changes to true when the node stops.
+    pub(crate) fn stopping_signal(&self) -> watch::Receiver<bool> {
+        self.stopping.subscribe()
+    }
+
+    pub(crate) fn peers(&self) -> &dyn Peers {
+        &*self.peers
+    }
+
+    /// Hands an input to a local replica; false if there is none (any more).
+    pub(crate) fn deliver_to_partition(&self, partition: &TopicPartition, input: Input) -> bool {
+        self.send_to(partition, input)
+    }
+
+    /// host:port of a node, from committed metadata.
+    pub(crate) fn address_of_node(&self, node_id: NodeId) -> Option<String> {
+        self.address_of(node_id)
     }
 
     /// Metrics, event timeline and throughput history of this node.
@@ -1006,48 +1036,43 @@ impl Node {
     }
 
     /// Carries what partitions ask to send; each call runs on its own task, and its answer
-    /// goes back to the partition as an event.
+    /// goes back to the partition as an event. Fetches go to the fetchers, in order.
     async fn dispatch_loop(self: Arc<Self>, mut outbound: mpsc::UnboundedReceiver<Outbound>) {
+        use crate::fetcher::{FetcherInput, WantedFetch};
         while let Some(message) = outbound.recv().await {
-            let node = Arc::clone(&self);
-            tokio::spawn(async move { node.dispatch(message).await });
+            let input = match message {
+                Outbound::Fetch {
+                    partition,
+                    to,
+                    fetch_id,
+                    request,
+                } => FetcherInput::Want {
+                    leader: to,
+                    fetch: WantedFetch {
+                        partition,
+                        fetch_id,
+                        request,
+                    },
+                },
+                Outbound::FetchAnswered { partition } => FetcherInput::Handled { partition },
+                message => {
+                    let node = Arc::clone(&self);
+                    tokio::spawn(async move { node.dispatch(message).await });
+                    continue;
+                }
+            };
+            if self.fetcher.send(input).is_err() {
+                debug!(
+                    node = self.config.node_id,
+                    "the fetchers stopped; dropped a fetch"
+                );
+            }
         }
     }
 
     async fn dispatch(&self, message: Outbound) {
         match message {
-            Outbound::Fetch {
-                partition,
-                to,
-                fetch_id,
-                request,
-            } => {
-                let event = match self.address_of(to) {
-                    None => tandem_replication::Event::FetchFailed { fetch_id },
-                    Some(address) => {
-                        match self
-                            .peers
-                            .replica_fetch(address, partition.clone(), request)
-                            .await
-                        {
-                            Ok(data) => tandem_replication::Event::FetchResponse {
-                                fetch_id,
-                                response: Ok(data),
-                            },
-                            Err(FetchFailure::Refused(error)) => {
-                                tandem_replication::Event::FetchResponse {
-                                    fetch_id,
-                                    response: Err(error),
-                                }
-                            }
-                            Err(FetchFailure::Unreachable(_)) => {
-                                tandem_replication::Event::FetchFailed { fetch_id }
-                            }
-                        }
-                    }
-                };
-                self.send_to(&partition, Input::Event(event));
-            }
+            Outbound::Fetch { .. } | Outbound::FetchAnswered { .. } => {} // the fetchers'
             Outbound::FlushReport {
                 partition,
                 to,

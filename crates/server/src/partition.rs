@@ -65,6 +65,11 @@ pub enum Outbound {
         fetch_id: FetchId,
         request: FetchRequest,
     },
+    /// The partition has handled the answer to its fetch (and asked for the next one, if it
+    /// wants one): its fetcher waits for this before its next Fetch (fetcher.rs).
+    FetchAnswered {
+        partition: TopicPartition,
+    },
     FlushReport {
         partition: TopicPartition,
         to: NodeId,
@@ -310,7 +315,16 @@ impl Runner {
                 {
                     table.on_leader_log_end_offset(data.log_end_offset);
                 }
-                self.step(event)
+                let answer = matches!(
+                    event,
+                    Event::FetchResponse { .. } | Event::FetchFailed { .. }
+                );
+                self.step(event);
+                if answer {
+                    self.send_out(Outbound::FetchAnswered {
+                        partition: self.partition.clone(),
+                    });
+                }
             }
             Input::Produce { request, reply } => {
                 let id = self.request_id();

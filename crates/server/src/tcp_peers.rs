@@ -2,7 +2,6 @@
 
 use std::sync::Arc;
 
-use bytes::Bytes;
 use openraft::BasicNode;
 use tandem_controller::network::{ControllerTransport, TransportError};
 use tandem_controller::{ControllerRequest, ControllerResponse};
@@ -11,6 +10,7 @@ use tandem_protocol::{TandemRequest, TandemResponse};
 use tandem_replication::types::{DivergingEpoch, FetchData, FetchRequest, NodeId};
 use tandem_replication::ReadError;
 
+use crate::fetcher::PartitionAnswer;
 use crate::node::{BoxFuture, FetchFailure, Peers, Unreachable};
 use crate::partition::TopicPartition;
 use crate::peer_client::PeerClient;
@@ -75,69 +75,82 @@ async fn controller_call(
     }
 }
 
-impl Peers for TcpPeers {
-    fn replica_fetch(
-        &self,
-        address: String,
-        partition: TopicPartition,
-        request: FetchRequest,
-    ) -> BoxFuture<Result<FetchData<Bytes>, FetchFailure>> {
-        use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
-        use kafka_protocol::messages::{ApiKey, BrokerId, RequestKind, ResponseKind, TopicName};
-        use tandem_protocol::fetch_tags;
-        let client = Arc::clone(&self.client);
-        let replica_id = self.node_id;
-        Box::pin(async move {
-            // Kafka's own Fetch, as a follower (replica id set), at the version whose tagged
-            // fields carry Tandem's flush requests (DESIGN.md: followers replicate with Fetch).
-            let fetch = kafka_protocol::messages::FetchRequest::default()
-                .with_replica_id(BrokerId(replica_id))
-                .with_max_wait_ms(request.max_wait_ms as i32)
-                .with_min_bytes(1)
-                .with_max_bytes(request.max_bytes as i32)
-                .with_topics(vec![FetchTopic::default()
+/// A follower's Kafka Fetch (replica id set, v12: tagged fields) of these partitions; each
+/// says which HW the follower knows (`fetch_tags::KNOWN_HIGH_WATERMARK`).
+pub fn replica_fetch_request(
+    replica_id: NodeId,
+    partitions: &[(TopicPartition, FetchRequest)],
+) -> kafka_protocol::messages::FetchRequest {
+    use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
+    use kafka_protocol::messages::{BrokerId, TopicName};
+    use tandem_protocol::fetch_tags;
+    let mut topics: Vec<FetchTopic> = Vec::new();
+    for (tp, request) in partitions {
+        let mut partition = FetchPartition::default()
+            .with_partition(tp.partition)
+            .with_fetch_offset(request.fetch_offset)
+            .with_last_fetched_epoch(request.last_fetched_epoch.unwrap_or(-1))
+            .with_current_leader_epoch(request.current_leader_epoch.unwrap_or(-1))
+            .with_log_start_offset(-1)
+            .with_partition_max_bytes(request.max_bytes.min(i32::MAX as usize) as i32);
+        if let Some(known) = request.known_high_watermark {
+            partition.unknown_tagged_fields.insert(
+                fetch_tags::KNOWN_HIGH_WATERMARK,
+                fetch_tags::encode_i64(known),
+            );
+        }
+        match topics.iter_mut().find(|t| t.topic.0.as_str() == tp.topic) {
+            Some(topic) => topic.partitions.push(partition),
+            None => topics.push(
+                FetchTopic::default()
                     .with_topic(TopicName(kafka_protocol::protocol::StrBytes::from_string(
-                        partition.topic.clone(),
+                        tp.topic.clone(),
                     )))
-                    .with_partitions(vec![FetchPartition::default()
-                        .with_partition(partition.partition)
-                        .with_fetch_offset(request.fetch_offset)
-                        .with_last_fetched_epoch(request.last_fetched_epoch.unwrap_or(-1))
-                        .with_current_leader_epoch(request.current_leader_epoch.unwrap_or(-1))
-                        .with_log_start_offset(-1)
-                        .with_partition_max_bytes(request.max_bytes as i32)])]);
-            let response = client
-                .call_kafka(
-                    &address,
-                    ApiKey::Fetch,
-                    fetch_tags::REPLICA_FETCH_VERSION,
-                    RequestKind::Fetch(fetch),
-                )
-                .await
-                .map_err(FetchFailure::Unreachable)?;
-            let unexpected = |reason: String| {
-                FetchFailure::Unreachable(Unreachable {
-                    address: address.clone(),
-                    reason,
-                })
-            };
-            let ResponseKind::Fetch(response) = response else {
-                return Err(unexpected("not a Fetch answer".into()));
-            };
-            if response.error_code != errors::NONE {
-                return Err(FetchFailure::Refused(read_error(
-                    response.error_code,
-                    -1,
-                    -1,
-                )));
-            }
-            let Some(p) = response
-                .responses
-                .into_iter()
-                .flat_map(|t| t.partitions)
-                .find(|p| p.partition_index == partition.partition)
-            else {
-                return Err(unexpected("no partition in the answer".into()));
+                    .with_partitions(vec![partition]),
+            ),
+        }
+    }
+    let max_wait_ms = partitions
+        .iter()
+        .map(|(_, r)| r.max_wait_ms)
+        .max()
+        .unwrap_or(0);
+    let max_bytes: usize = partitions.iter().map(|(_, r)| r.max_bytes).sum();
+    kafka_protocol::messages::FetchRequest::default()
+        .with_replica_id(BrokerId(replica_id))
+        .with_max_wait_ms(max_wait_ms.clamp(0, i32::MAX as i64) as i32)
+        .with_min_bytes(1)
+        .with_max_bytes(max_bytes.min(i32::MAX as usize) as i32)
+        .with_topics(topics)
+}
+
+/// Each partition's answer in a leader's Fetch response, in the order of `partitions`. A
+/// partition the answer leaves out counts as unanswered (its core backs off and asks again).
+pub fn replica_fetch_answers(
+    response: kafka_protocol::messages::FetchResponse,
+    partitions: &[(TopicPartition, FetchRequest)],
+    address: &str,
+) -> Vec<PartitionAnswer> {
+    use tandem_protocol::fetch_tags;
+    if response.error_code != errors::NONE {
+        let error = read_error(response.error_code, -1, -1);
+        return vec![Err(FetchFailure::Refused(error)); partitions.len()];
+    }
+    let mut by_partition = std::collections::HashMap::new();
+    for topic in response.responses {
+        let name = topic.topic.0.to_string();
+        for p in topic.partitions {
+            by_partition.insert((name.clone(), p.partition_index), p);
+        }
+    }
+    partitions
+        .iter()
+        .map(|(tp, _)| {
+            let Some(p) = by_partition.remove(&(tp.topic.clone(), tp.partition)) else {
+                return Err(FetchFailure::Unreachable(Unreachable {
+                    address: address.to_string(),
+                    reason: format!("no answer for {tp}"),
+                }));
             };
             let tag = |t: i32| {
                 p.unknown_tagged_fields
@@ -161,10 +174,41 @@ impl Peers for TcpPeers {
                 log_start_offset: p.log_start_offset,
                 log_end_offset: tag(fetch_tags::LOG_END_OFFSET).unwrap_or(p.high_watermark),
                 diverging_epoch: diverging,
-                records: p.records.unwrap_or_default(),
+                records: p.records.clone().unwrap_or_default(),
                 flush_up_to: tag(fetch_tags::FLUSH_UP_TO),
                 compaction_horizon: tag(fetch_tags::COMPACTION_HORIZON).unwrap_or(0),
             })
+        })
+        .collect()
+}
+
+impl Peers for TcpPeers {
+    fn replica_fetch(
+        &self,
+        address: String,
+        partitions: Vec<(TopicPartition, FetchRequest)>,
+    ) -> BoxFuture<Result<Vec<PartitionAnswer>, Unreachable>> {
+        use kafka_protocol::messages::{ApiKey, RequestKind, ResponseKind};
+        let client = Arc::clone(&self.client);
+        let replica_id = self.node_id;
+        Box::pin(async move {
+            // Kafka's own Fetch, as a follower (DESIGN.md: followers replicate with Fetch).
+            let fetch = replica_fetch_request(replica_id, &partitions);
+            let response = client
+                .call_kafka(
+                    &address,
+                    ApiKey::Fetch,
+                    tandem_protocol::fetch_tags::REPLICA_FETCH_VERSION,
+                    RequestKind::Fetch(fetch),
+                )
+                .await?;
+            let ResponseKind::Fetch(response) = response else {
+                return Err(Unreachable {
+                    address,
+                    reason: "not a Fetch answer".into(),
+                });
+            };
+            Ok(replica_fetch_answers(response, &partitions, &address))
         })
     }
 

@@ -7,15 +7,18 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use kafka_protocol::messages::{ApiKey, RequestHeader, RequestKind, ResponseKind};
 use parking_lot::RwLock;
 use tandem_controller::local_network::LocalNetwork;
 use tandem_controller::model::{TopicConfig, TopicKind};
 use tandem_controller::{
     ControllerNode, ControllerRequest, ControllerResponse, CreateTopicRequest, QuorumConfig,
 };
-use tandem_replication::types::{Acks, Durability, FetchData, FetchRequest, ProduceRequest};
+use tandem_replication::types::{Acks, Durability, FetchRequest, ProduceRequest};
 use tandem_replication::ProduceError;
-use tandem_server::node::{BoxFuture, FetchFailure, Unreachable};
+use tandem_server::fetcher::PartitionAnswer;
+use tandem_server::node::{BoxFuture, Unreachable};
+use tandem_server::tcp_peers;
 use tandem_server::{Node, NodeConfig, Peers, TopicPartition};
 use tandem_storage::batch::split_batches;
 use tandem_storage::{BatchBuilder, OsDir};
@@ -40,10 +43,9 @@ impl Peers for NodePeers {
     fn replica_fetch(
         &self,
         address: String,
-        partition: TopicPartition,
-        request: FetchRequest,
-    ) -> BoxFuture<Result<FetchData<Bytes>, FetchFailure>> {
-        self.router.replica_fetch(address, partition, request)
+        partitions: Vec<(TopicPartition, FetchRequest)>,
+    ) -> BoxFuture<Result<Vec<PartitionAnswer>, Unreachable>> {
+        self.router.replica_fetch(address, partitions)
     }
 
     fn flush_report(
@@ -88,18 +90,32 @@ fn unreachable(address: &str) -> Unreachable {
 }
 
 impl Peers for Router {
+    /// The leader's real Kafka Fetch handler, without the bytes: the follower's request as
+    /// its fetcher builds it, the answer split as its fetcher splits it.
     fn replica_fetch(
         &self,
         address: String,
-        partition: TopicPartition,
-        request: FetchRequest,
-    ) -> BoxFuture<Result<FetchData<Bytes>, FetchFailure>> {
+        partitions: Vec<(TopicPartition, FetchRequest)>,
+    ) -> BoxFuture<Result<Vec<PartitionAnswer>, Unreachable>> {
         let node = self.nodes.read().get(&address).cloned();
         Box::pin(async move {
-            let node = node.ok_or_else(|| FetchFailure::Unreachable(unreachable(&address)))?;
-            node.fetch(&partition, request)
-                .await
-                .map_err(FetchFailure::Refused)
+            let node = node.ok_or_else(|| unreachable(&address))?;
+            let replica_id = partitions
+                .first()
+                .and_then(|(_, r)| r.replica_id)
+                .unwrap_or(-1);
+            let request = tcp_peers::replica_fetch_request(replica_id, &partitions);
+            let header = RequestHeader::default()
+                .with_request_api_key(ApiKey::Fetch as i16)
+                .with_request_api_version(tandem_protocol::fetch_tags::REPLICA_FETCH_VERSION);
+            match tandem_server::kafka::handle(&node, &header, RequestKind::Fetch(request)).await {
+                Some(ResponseKind::Fetch(response)) => Ok(tcp_peers::replica_fetch_answers(
+                    response,
+                    &partitions,
+                    &address,
+                )),
+                _ => Err(unreachable(&address)),
+            }
         })
     }
 
@@ -290,6 +306,7 @@ async fn committed_values(node: &Node, tp: &TopicPartition) -> Vec<String> {
             current_leader_epoch: None,
             max_bytes: 1 << 20,
             max_wait_ms: 0,
+            known_high_watermark: None,
         };
         let data = node.fetch(tp, request).await.expect("consumer fetch");
         if data.records.is_empty() {

@@ -330,6 +330,7 @@ impl World {
             current_leader_epoch: None,
             max_bytes: 8 << 10,
             max_wait_ms: 100,
+            known_high_watermark: None,
         };
         self.send(
             Endpoint::Clients,

@@ -98,6 +98,7 @@ impl Replica {
             current_leader_epoch: Some(self.leader_epoch()),
             max_bytes: self.config.replica_fetch_max_bytes,
             max_wait_ms: self.config.replica_fetch_wait_max_ms,
+            known_high_watermark: Some(self.high_watermark),
         };
         self.set_fetch_state(FetchState::InFlight {
             fetch_id,

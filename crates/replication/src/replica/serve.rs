@@ -19,6 +19,9 @@ use crate::types::{DivergingEpoch, FetchData, ReadRange};
 
 impl Replica {
     pub(super) fn on_fetch(&mut self, id: RequestId, request: FetchRequest, out: &mut Vec<Action>) {
+        if let Some(replica_id) = request.replica_id {
+            self.answer_superseded(replica_id, out);
+        }
         match self.accept_fetch(&request, out) {
             Err(e) => out.push(Action::RespondFetch { id, result: Err(e) }),
             Ok(Some(answer)) => out.push(Action::RespondFetch {
@@ -30,6 +33,27 @@ impl Replica {
                 deadline_ms: self.now_ms.saturating_add(request.max_wait_ms),
                 request,
             }),
+        }
+    }
+
+    /// A follower has one fetch outstanding per partition, so a new fetch from it means any
+    /// fetch of its still parked here was given up (its fetcher stopped waiting, or timed
+    /// out): answer it now, so that at most one fetch per follower is ever parked and the
+    /// driver releases what it holds for it. Its answer is checked like any other (the
+    /// compaction horizon, the epoch) before anything is noted as answered.
+    fn answer_superseded(&mut self, replica_id: NodeId, out: &mut Vec<Action>) {
+        #[cfg(feature = "mutation-keep-superseded-fetches")]
+        return;
+        let (superseded, waiting): (Vec<_>, Vec<_>) = std::mem::take(&mut self.parked)
+            .into_iter()
+            .partition(|p| p.request.replica_id == Some(replica_id));
+        self.parked = waiting;
+        for parked in superseded {
+            let result = self.recheck_fetch(&parked.request);
+            out.push(Action::RespondFetch {
+                id: parked.id,
+                result,
+            });
         }
     }
 
@@ -137,16 +161,31 @@ impl Replica {
         }
     }
 
-    /// Whether a parked fetch has something to be told: new records for a follower (or a HW
-    /// it has not seen), newly committed records for a consumer.
+    /// Whether a fetch has something to be told now (else it parks): new records for a
+    /// follower, or a HW above the one it knows; newly committed records for a consumer.
+    ///
+    /// The follower's own word on its HW (`known_high_watermark`) decides, not what this
+    /// leader last answered it: an answer can be lost after the core emitted it (the
+    /// follower's fetcher gave up on a long poll because another partition answered first,
+    /// a connection dropped), and a leader that counted it as told would park the next fetch
+    /// until the HW moved again, leaving the follower's reads stale meanwhile.
     pub(super) fn fetch_has_news(&self, request: &FetchRequest) -> bool {
-        match request.replica_id {
-            Some(replica_id) => {
-                request.fetch_offset < self.log.log_end_offset
-                    || self.last_sent_high_watermark(replica_id) != Some(self.high_watermark)
-            }
-            None => request.fetch_offset < self.high_watermark,
+        let Some(replica_id) = request.replica_id else {
+            return request.fetch_offset < self.high_watermark;
+        };
+        if request.fetch_offset < self.log.log_end_offset {
+            return true;
         }
+        // Mutation (tests.rs): trust what this leader last sent, as before the HW tag.
+        #[cfg(feature = "mutation-trust-sent-high-watermark")]
+        let known = self.last_sent_high_watermark(replica_id);
+        #[cfg(not(feature = "mutation-trust-sent-high-watermark"))]
+        let known = match request.known_high_watermark {
+            Some(known) => Some(known),
+            // A follower that does not say: the HW this leader last answered it with.
+            None => self.last_sent_high_watermark(replica_id),
+        };
+        known.is_none_or(|known| known < self.high_watermark)
     }
 
     fn fetch_answer(

@@ -118,6 +118,7 @@ fn follower_fetch(replica: NodeId, offset: i64, last_epoch: Option<i32>) -> Fetc
         current_leader_epoch: Some(EPOCH),
         max_bytes: 1000,
         max_wait_ms: 500,
+        known_high_watermark: None,
     }
 }
 
@@ -696,6 +697,75 @@ fn a_parked_follower_fetch_wakes_when_the_hw_moves() {
     );
 }
 
+/// A follower's fetch that says which HW it knows (what every Tandem follower sends).
+fn fetch_knowing(replica: NodeId, offset: i64, known_hw: i64) -> FetchRequest {
+    FetchRequest {
+        known_high_watermark: Some(known_hw),
+        ..follower_fetch(replica, offset, Some(EPOCH))
+    }
+}
+
+#[test]
+fn a_follower_whose_known_hw_is_behind_is_answered_at_once() {
+    let mut r = leader_with_three(&[1, 2, 3], 2, Acks::Leader);
+    assert_eq!(
+        fetch(&mut r, 0, 11, fetch_knowing(2, 3, 0)),
+        vec![],
+        "parked"
+    );
+    // 3 catches up: the HW moves to 3 and 2's parked fetch is answered with it...
+    assert_eq!(
+        fetch(&mut r, 0, 12, fetch_knowing(3, 3, 0)),
+        vec![hw(3), answer(11, 3, 3, 3, 3), answer(12, 3, 3, 3, 3)]
+    );
+    // ...but that answer never reached 2 (its fetcher had stopped waiting for it). 2 says it
+    // still knows HW 0: it is answered at once, not parked until the HW moves again.
+    assert_eq!(
+        fetch(&mut r, 1, 13, fetch_knowing(2, 3, 0)),
+        vec![answer(13, 3, 3, 3, 3)]
+    );
+    assert_eq!(r.parked_fetches(), 0);
+}
+
+#[test]
+fn a_follower_that_knows_the_hw_is_parked() {
+    let mut r = leader_with_three(&[1, 2], 2, Acks::Leader);
+    assert_eq!(
+        fetch(&mut r, 0, 10, fetch_knowing(2, 3, 0)),
+        vec![hw(3), answer(10, 3, 3, 3, 3)]
+    );
+    // Nothing new and the HW it knows is ours: it waits for news (no busy loop).
+    assert_eq!(fetch(&mut r, 1, 11, fetch_knowing(2, 3, 3)), vec![]);
+    assert_eq!(r.parked_fetches(), 1);
+    // A follower ahead of a new leader's HW is not news either.
+    assert_eq!(
+        fetch(&mut r, 2, 12, fetch_knowing(2, 3, 5)),
+        vec![answer(11, 3, 3, 3, 3)]
+    );
+    assert_eq!(r.parked_fetches(), 1);
+}
+
+#[test]
+fn a_new_fetch_from_a_follower_answers_its_abandoned_parked_one() {
+    let mut r = leader_with_three(&[1, 2], 2, Acks::Leader);
+    fetch(&mut r, 0, 10, fetch_knowing(2, 3, 0));
+    assert_eq!(
+        fetch(&mut r, 1, 11, fetch_knowing(2, 3, 3)),
+        vec![],
+        "parked"
+    );
+    // The follower gave up on 11 and fetches again: 11 is answered now (the driver drops
+    // it), and only 12 stays parked.
+    assert_eq!(
+        fetch(&mut r, 2, 12, fetch_knowing(2, 3, 3)),
+        vec![answer(11, 3, 3, 3, 3)]
+    );
+    assert_eq!(r.parked_fetches(), 1);
+    // Another follower's parked fetch is not its to supersede.
+    fetch(&mut r, 3, 13, fetch_knowing(3, 3, 3));
+    assert_eq!(r.parked_fetches(), 2);
+}
+
 #[test]
 fn a_consumer_reads_only_below_the_hw() {
     let mut r = leader_with_three(&[1, 2], 2, Acks::Leader);
@@ -805,7 +875,8 @@ fn data(
     })
 }
 
-fn send_fetch(id: u64, offset: i64, last_epoch: Option<i32>) -> Action {
+/// Node 2's fetch to node 1, saying it knows HW `known_hw`.
+fn send_fetch(id: u64, offset: i64, last_epoch: Option<i32>, known_hw: i64) -> Action {
     Action::SendFetch {
         to: 1,
         fetch_id: FetchId(id),
@@ -816,6 +887,7 @@ fn send_fetch(id: u64, offset: i64, last_epoch: Option<i32>) -> Action {
             current_leader_epoch: Some(EPOCH),
             max_bytes: config().replica_fetch_max_bytes,
             max_wait_ms: config().replica_fetch_wait_max_ms,
+            known_high_watermark: Some(known_hw),
         },
     }
 }
@@ -825,7 +897,7 @@ fn a_restarted_follower_fetches_from_its_leo_not_its_hw() {
     // KIP-101: the HW checkpoint says 2, the log holds 5. Truncating to 2 loses acked data.
     let mut r = Replica::new(2, config(), log(5, &[(1, 0)]), 2);
     let out = r.step(0, Event::Metadata(state(1, EPOCH, &[1, 2], 1)));
-    assert_eq!(out, vec![send_fetch(1, 5, Some(1))]);
+    assert_eq!(out, vec![send_fetch(1, 5, Some(1), 2)]);
 }
 
 #[test]
@@ -841,7 +913,7 @@ fn the_follower_truncates_to_where_a_known_epoch_ends_on_both_sides() {
     // Epoch 1 ends at 6 on the leader, at 5 here: cut to 5, and the leader's HW 50 is not applied.
     assert_eq!(
         out,
-        vec![Action::Truncate { offset: 5 }, send_fetch(2, 5, Some(1))]
+        vec![Action::Truncate { offset: 5 }, send_fetch(2, 5, Some(1), 0)]
     );
     assert_eq!(r.high_watermark(), 0);
 }
@@ -860,7 +932,7 @@ fn the_follower_iterates_when_it_does_not_know_the_leaders_epoch() {
     // Cut to the end of our largest epoch below 3 (epoch 2 ends at 6) and ask again.
     assert_eq!(
         out,
-        vec![Action::Truncate { offset: 6 }, send_fetch(2, 6, Some(2))]
+        vec![Action::Truncate { offset: 6 }, send_fetch(2, 6, Some(2), 0)]
     );
 }
 
@@ -889,7 +961,7 @@ fn the_follower_applies_the_leaders_hw_after_appending_as_min_with_its_leo() {
         "not before the records are on the log"
     );
     let out = appended(&mut r, 0, 2);
-    assert_eq!(out, vec![hw(2), send_fetch(2, 2, Some(EPOCH))]);
+    assert_eq!(out, vec![hw(2), send_fetch(2, 2, Some(EPOCH), 2)]);
 }
 
 #[test]
@@ -907,7 +979,7 @@ fn the_follower_refreshes_metadata_when_fenced_and_backs_off_when_the_leader_is_
     );
     assert_eq!(out, vec![Action::RefreshMetadata]);
     assert_eq!(r.step(999, Event::Tick), vec![]);
-    assert_eq!(r.step(1_000, Event::Tick), vec![send_fetch(2, 0, None)]);
+    assert_eq!(r.step(1_000, Event::Tick), vec![send_fetch(2, 0, None, 0)]);
     let out = r.step(
         1_000,
         Event::FetchResponse {
@@ -919,7 +991,7 @@ fn the_follower_refreshes_metadata_when_fenced_and_backs_off_when_the_leader_is_
         },
     );
     assert_eq!(out, vec![]);
-    assert_eq!(r.step(2_000, Event::Tick), vec![send_fetch(3, 0, None)]);
+    assert_eq!(r.step(2_000, Event::Tick), vec![send_fetch(3, 0, None, 0)]);
 }
 
 #[test]
