@@ -469,6 +469,7 @@ impl World {
             None => {
                 if p.register_sent_at.is_none_or(|t| now - t >= 500) {
                     p.register_sent_at = Some(now);
+                    self.lost_data_registered |= lost_data;
                     let request = RegisterRequest {
                         node_id: id,
                         process_id: p.process_id,

@@ -112,6 +112,9 @@ pub struct World {
     /// Directed links that are cut.
     pub cut: BTreeSet<(Endpoint, Endpoint)>,
     pub faults_on: bool,
+    /// Some node registered saying it lost data (a wiped disk, a cut corrupt tail): the
+    /// controller may then have dropped a partition's last eligible replica (checks/liveness).
+    pub lost_data_registered: bool,
     pub heal_at: Option<i64>,
     pub checks: CheckState,
     /// `None` when tracing is off (the fast path); a failing seed is replayed with it on.
@@ -141,6 +144,7 @@ impl World {
             clients,
             cut: BTreeSet::new(),
             faults_on: true,
+            lost_data_registered: false,
             heal_at: None,
             checks: CheckState::default(),
             trace: tracing.then(VecDeque::new),

@@ -3,9 +3,11 @@
 //! its HW covers the whole committed history, and an acks=all produce issued after the faults
 //! stopped was acknowledged.
 //!
-//! One exemption, only with `DurabilityMode::FlushNever`: a partition left with an empty ISR
-//! and an empty ELR after unclean restarts is offline *by design* (unclean election is off,
-//! and a node that crashed unflushed may have lost committed data, KIP-966).
+//! One exemption: a partition left with an empty ISR and an empty ELR is offline *by design*
+//! (unclean election is off) when its last eligible replicas may have lost committed data:
+//! with `DurabilityMode::FlushNever` after unclean restarts (KIP-966), or after a node
+//! registered saying it lost data (a wiped disk, a cut corrupt tail). Seed 232: the last ISR
+//! member was wiped while the others were fenced; the controller rightly refused to elect it.
 
 use tandem_replication::RoleKind;
 
@@ -26,7 +28,7 @@ pub fn check(world: &World) -> Verdict {
     }
     for (part, p) in parts {
         let Some(leader) = p.leader else {
-            if world.cfg.durability == DurabilityMode::FlushNever
+            if (world.cfg.durability == DurabilityMode::FlushNever || world.lost_data_registered)
                 && p.isr.is_empty()
                 && p.elr.is_empty()
             {
