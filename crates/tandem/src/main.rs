@@ -1,5 +1,6 @@
 //! The `tandem` binary: one executable for the server, the local cluster and every tool.
 
+mod bench;
 mod client_cmd;
 mod log_cmd;
 mod server_cmd;
@@ -47,6 +48,8 @@ enum Command {
     Consume(client_cmd::ConsumeArgs),
     /// The cluster at a glance: nodes, active controller, partitions, lag (or --json).
     Status(client_cmd::StatusArgs),
+    /// Load generators: produce, consume, kv, failover (docs/benchmarks.md).
+    Bench(bench::BenchArgs),
     /// Run the deterministic simulation: `--seeds N | --duration SECS`, `--seed S` to replay
     /// (docs/simulation.md).
     Sim {
@@ -81,6 +84,7 @@ fn main() -> ExitCode {
         Command::Produce(args) => client_cmd::produce(args),
         Command::Consume(args) => client_cmd::consume(args),
         Command::Status(args) => client_cmd::status(args),
+        Command::Bench(args) => bench::run(args),
     };
     match result {
         Ok(code) => code,
