@@ -218,7 +218,10 @@ async fn load(
                 }
             }
         }
-        let Some((sent_at, answer)) = pending.next().await else {
+        // Unconstrained: once tokio's cooperative budget runs out, every oneshot in the set
+        // answers Pending and wakes itself, and FuturesUnordered re-polls all of them: with
+        // thousands pending that spin took the bench ~all of a core and seconds per window.
+        let Some((sent_at, answer)) = tokio::task::unconstrained(pending.next()).await else {
             break;
         };
         match answer {
