@@ -175,11 +175,21 @@ async fn ensure_topic(client: &Client, spec: &TopicSpec) -> anyhow::Result<()> {
         .replication_factor(spec.replication_factor)
         .config("min.insync.replicas", spec.min_insync.to_string())
         .config("tandem.flush", spec.flush.clone());
-    match client.create_topic(topic).await {
-        Ok(()) | Err(ClientError::TopicAlreadyExists(_)) => {}
-        Err(e) => return Err(e).context(format!("creating topic {}", spec.topic)),
-    }
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        match client.create_topic(topic.clone()).await {
+            Ok(()) | Err(ClientError::TopicAlreadyExists(_)) => break,
+            // A cluster that just started has not registered all its nodes yet.
+            Err(e)
+                if (e.is_retriable()
+                    || e.code() == Some(tandem_protocol::errors::INVALID_REPLICATION_FACTOR))
+                    && tokio::time::Instant::now() < deadline =>
+            {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(e) => return Err(e).context(format!("creating topic {}", spec.topic)),
+        }
+    }
     loop {
         client.refresh_metadata().await?;
         let ready = client.metadata().topics.get(&spec.topic).is_some_and(|t| {
