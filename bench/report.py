@@ -48,7 +48,8 @@ class Figures:
         return statistics.median(vals) if vals else None
 
     def foreign(self, peer, test):
-        vals = [num(d, "foreign_cpu_pct") or num(d, "pre_kill_foreign_cpu_pct") for d in self.get(peer, test)]
+        vals = [num(d, "foreign_cpu_pct") if num(d, "foreign_cpu_pct") is not None else num(d, "pre_kill_foreign_cpu_pct")
+                for d in self.get(peer, test)]
         vals = [v for v in vals if v is not None]
         return max(vals) if vals else None
 

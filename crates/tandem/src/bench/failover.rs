@@ -214,7 +214,7 @@ async fn one_trial(
     want_controller: bool,
 ) -> anyhow::Result<Trial> {
     let settle = Duration::from_millis(args.settle_ms);
-    let (victim, pid, partition, controller, last_offset, producer, reader) = loop {
+    let (victim, pid, partition, controller, last_offset, producer, reader, write_client) = loop {
         let (_, nodes) = read_cluster(&args.cluster_json)?;
         admin.refresh_metadata().await?;
         let controller = admin
@@ -247,8 +247,9 @@ async fn one_trial(
             continue;
         };
         // Probes connected and warm: an acks=all write through the current leader.
+        let write_client = super::connect(connect, tune).await?;
         let producer = Producer::new(
-            super::connect(connect, tune).await?,
+            write_client.clone(),
             ProducerConfig {
                 acks: Acks::All,
                 linger: Duration::ZERO,
@@ -271,7 +272,14 @@ async fn one_trial(
         match warm {
             Ok(at) if same => {
                 break (
-                    victim, pid, partition, controller, at.offset, producer, reader,
+                    victim,
+                    pid,
+                    partition,
+                    controller,
+                    at.offset,
+                    producer,
+                    reader,
+                    write_client,
                 )
             }
             _ => {
@@ -291,21 +299,26 @@ async fn one_trial(
         );
     }
     let write = async {
-        producer
+        let acked = producer
             .send_and_wait(
                 Record::new(&args.topic, Bytes::from_static(b"after the kill"))
                     .partition(partition),
             )
             .await
-            .map(|_| killed_at.elapsed())
+            .map(|_| killed_at.elapsed());
+        // The leader that took it, as the probe's client knew it then (later the restarted
+        // node may be the preferred leader again).
+        let leader = write_client
+            .metadata()
+            .leader(&args.topic, partition)
+            .map(|l| l.0);
+        acked.map(|took| (took, leader))
     };
     let read = read_probe(&reader, &args.topic, partition, last_offset + 1, killed_at);
     let (write, read) = tokio::join!(write, read);
-    let write = write.context("the write probe failed")?;
+    let (write, new_leader) = write.context("the write probe failed")?;
     let read = read?;
     let _ = producer.close().await;
-    admin.refresh_metadata().await?;
-    let new_leader = admin.metadata().leader(&args.topic, partition).map(|l| l.0);
 
     // dev restarts the node with a new pid; wait for that before the next trial.
     loop {
