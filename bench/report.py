@@ -192,8 +192,9 @@ def section(fig, args):
     w("| workload | records/s | MB/s | poll p50 / p99 | foreign CPU % |")
     w("|---|---|---|---|---|")
     for label, test in [("1 consumer, from the leader", "read_leader_c1"), ("1 consumer, from a follower", "read_follower_c1")]:
-        w(f"| {label} | {fmt_rate(t(test, 'reads_per_s'))} | {t(test, 'mb_per_s') or '—'} | "
-          f"{fmt_ms(t(test, 'p50_ms'))} / {fmt_ms(t(test, 'p99_ms'))} | {fig.foreign('tandem', test) or '—'} |")
+        w(f"| {label} | {fmt_rate(t(test, 'reads_per_s'))} | {'—' if t(test, 'mb_per_s') is None else '%.0f' % t(test, 'mb_per_s')} | "
+          f"{fmt_ms(t(test, 'p50_ms'))} / {fmt_ms(t(test, 'p99_ms'))} | "
+          f"{'—' if fig.foreign('tandem', test) is None else '%.0f' % fig.foreign('tandem', test)} |")
     w("")
     # ---- failover
     w("### Failover: SIGKILL of the leader → first acknowledged write")
