@@ -178,7 +178,7 @@ def section(fig, args):
         w(f"| {label} | {fmt_rate(mine)} | {lat('tandem', test)} | "
           f"{(peer[3] + ': ' + fmt_rate(peer[0])) if peer else '—'} | {lat(peer[1], peer[2]) if peer else '—'} | "
           f"{'—' if ratio is None else f'{ratio:.2f}×'} | {'na' if fm is None else f'{fm:.0f}'}, {'na' if fp is None else f'{fp:.0f}'} |")
-        chart.append((label, mine, peer[0] if peer else None, peer[3] if peer else ""))
+        chart.append((label.split(" (")[0], mine, peer[0] if peer else None, peer[3] if peer else ""))
     w("")
     w("`best comparable peer` takes the fastest of the peers with the same durability class in this run: "
       "weakest = asynchronous replication (Redis without WAIT, PostgreSQL `off`); replicated without fsync = "
