@@ -19,6 +19,10 @@ use super::{Bounds, Output, Progress};
 use crate::client_cmd::Connect;
 
 #[derive(Args)]
+#[command(after_help = "\
+Examples:
+  tandem bench consume --topic bench --records 1000000
+  tandem bench consume --topic bench --read-from follower --clients 4 --json")]
 pub struct ConsumeBench {
     /// The topic to read (it must exist; `tandem bench produce` fills one).
     #[arg(long, default_value = "bench")]

@@ -30,6 +30,10 @@ use super::{Output, TopicSpec};
 use crate::client_cmd::Connect;
 
 #[derive(Args)]
+#[command(after_help = "\
+Examples (next to `tandem dev`, which restarts the killed node):
+  tandem bench failover --trials 10
+  tandem bench failover --cluster-json /tmp/t/cluster.json --victim controller --json")]
 pub struct FailoverBench {
     /// The cluster.json that `tandem dev` writes (node ids, pids, addresses). dev must restart
     /// killed nodes (no --no-restart).

@@ -22,6 +22,11 @@ use super::{Bounds, Output, Progress, TopicSpec};
 use crate::client_cmd::Connect;
 
 #[derive(Args)]
+#[command(after_help = "\
+Examples:
+  tandem bench produce --clients 64                                  # one record per request
+  tandem bench produce --clients 2 --window 50000 --linger-ms 2 --records 5000000   # batched
+  tandem bench produce --topic strong --flush always --durability flushed --json")]
 pub struct ProduceBench {
     #[command(flatten)]
     pub topic: TopicSpec,
