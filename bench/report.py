@@ -199,18 +199,20 @@ def section(fig, args):
     # ---- failover
     w("### Failover: SIGKILL of the leader → first acknowledged write")
     w("")
-    w("| system | trials | p50 | p99 | max | first up-to-date read p50 / p99 |")
-    w("|---|---|---|---|---|---|")
+    w("| system | trials | p50 | p99 | max | first up-to-date read p50 / p99 | Metadata names the new leader p50 / p99 |")
+    w("|---|---|---|---|---|---|---|")
     for victim, label in [("leader", "Tandem, leader not the controller"), ("controller", "Tandem, leader = active controller")]:
         fo = fig.failover("tandem", f"failover_{victim}_default")
         rd = fig.failover("tandem", f"failover_{victim}_default", "first_read_ms")
+        md = fig.failover("tandem", f"failover_{victim}_default", "metadata_ms")
+        md_text = "—" if not md else f"{md['p50']:.1f} / {md['p99']:.1f} ms"
         if fo:
             w(f"| {label} (default settings) | {fo['n']} | {fo['p50']:.1f} ms | {fo['p99']:.1f} ms | {fo['max']:.1f} ms | "
-              f"{rd['p50']:.1f} / {rd['p99']:.1f} ms |")
+              f"{rd['p50']:.1f} / {rd['p99']:.1f} ms | {md_text} |")
     for peer, test, label in FAILOVER:
         fo = fig.failover(peer, test)
         if fo:
-            w(f"| {label} | {fo['n']} | {fo['p50']:.0f} ms | {fo['p99']:.0f} ms | {fo['max']:.0f} ms | — |")
+            w(f"| {label} | {fo['n']} | {fo['p50']:.0f} ms | {fo['p99']:.0f} ms | {fo['max']:.0f} ms | — | — |")
     w("")
     w("PostgreSQL 15 has no automatic failover (the peer script says so). Tandem's \"first up-to-date read\" is the first "
       "ListOffsets(latest) on the new leader that covers every write acknowledged before the kill; "

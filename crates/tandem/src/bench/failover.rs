@@ -97,6 +97,9 @@ struct Trial {
     was_controller: bool,
     write_ms: f64,
     read_ms: f64,
+    /// When a Metadata answer first named another leader: how much of the rest is the
+    /// committed change reaching the brokers.
+    metadata_ms: f64,
     new_leader: Option<i32>,
 }
 
@@ -135,7 +138,7 @@ pub async fn run(args: FailoverBench) -> anyhow::Result<ExitCode> {
         if !args.output.json {
             eprintln!(
                 "trial {:2}: SIGKILL of node {} (leader of {}-{}{}) -> acks=all write {:.1} ms, \
-                 up-to-date read {:.1} ms, new leader {}",
+                 up-to-date read {:.1} ms, metadata named a new leader at {:.1} ms, new leader {}",
                 n + 1,
                 trial.killed,
                 args.topic,
@@ -147,6 +150,7 @@ pub async fn run(args: FailoverBench) -> anyhow::Result<ExitCode> {
                 },
                 trial.write_ms,
                 trial.read_ms,
+                trial.metadata_ms,
                 trial.new_leader.map_or("?".into(), |l| l.to_string())
             );
         }
@@ -173,10 +177,12 @@ pub async fn run(args: FailoverBench) -> anyhow::Result<ExitCode> {
             "was_active_controller": t.was_controller,
             "write_ms": t.write_ms,
             "read_ms": t.read_ms,
+            "metadata_ms": t.metadata_ms,
             "new_leader": t.new_leader,
         })).collect::<Vec<_>>(),
         "write_ms": stats(trials.iter().map(|t| t.write_ms).collect()),
         "read_ms": stats(trials.iter().map(|t| t.read_ms).collect()),
+        "metadata_ms": stats(trials.iter().map(|t| t.metadata_ms).collect()),
         "read_is": "ListOffsets latest on the new leader >= every write acknowledged before the kill (linearizable reads need key-value tables)",
     });
     if args.output.json {
@@ -194,6 +200,7 @@ pub async fn run(args: FailoverBench) -> anyhow::Result<ExitCode> {
         for (what, key) in [
             ("first acknowledged acks=all write", "write_ms"),
             ("first up-to-date read on the new leader", "read_ms"),
+            ("first Metadata answer naming a new leader", "metadata_ms"),
         ] {
             let s = &result[key];
             println!(
@@ -319,7 +326,8 @@ async fn one_trial(
         acked.map(|took| (took, leader))
     };
     let read = read_probe(&reader, &args.topic, partition, last_offset + 1, killed_at);
-    let (write, read) = tokio::join!(write, read);
+    let metadata = metadata_probe(admin, &args.topic, partition, victim, killed_at);
+    let (write, read, metadata) = tokio::join!(write, read, metadata);
     let (write, new_leader) = write.context("the write probe failed")?;
     let read = read?;
     let _ = producer.close().await;
@@ -342,8 +350,28 @@ async fn one_trial(
         was_controller: controller == Some(victim),
         write_ms: write.as_secs_f64() * 1e3,
         read_ms: read.as_secs_f64() * 1e3,
+        metadata_ms: metadata.as_secs_f64() * 1e3,
         new_leader,
     })
+}
+
+/// Refreshes metadata every millisecond until an answer names a leader other than `victim`.
+async fn metadata_probe(
+    admin: &Client,
+    topic: &str,
+    partition: u32,
+    victim: i32,
+    since: Instant,
+) -> Duration {
+    loop {
+        if admin.refresh_metadata().await.is_ok() {
+            let leader = admin.metadata().leader(topic, partition).map(|l| l.0);
+            if leader.is_some_and(|l| l != victim) {
+                return since.elapsed();
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
 }
 
 /// The hook for the first linearizable read after a failover. Today: the first ListOffsets
