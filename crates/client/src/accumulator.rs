@@ -133,7 +133,7 @@ impl Accumulator {
     /// closed (the next [`Accumulator::drain_ready`] returns it) and a new one opens.
     pub fn append(
         &mut self,
-        destination: TopicPartition,
+        destination: &TopicPartition,
         record: &ProducerRecord,
         now_ms: i64,
     ) -> Result<AppendOutcome, AccumulatorError> {
@@ -148,22 +148,27 @@ impl Accumulator {
             opened_batch: false,
             closed_batch: false,
         };
-        let full = self.open.get(&destination).is_some_and(|open| {
+        let full = self.open.get(destination).is_some_and(|open| {
             !open.builder.is_empty()
                 && open.builder.size_estimate() + size > self.config.max_batch_bytes
         });
         if full {
-            let batch = self.open.remove(&destination).expect("checked above");
+            let batch = self.open.remove(destination).expect("checked above");
             self.closed.push((destination.clone(), batch));
             outcome.closed_batch = true;
         }
-        let open = self.open.entry(destination).or_insert_with(|| {
+        // The key is cloned only when a batch opens, not per record.
+        if !self.open.contains_key(destination) {
             outcome.opened_batch = true;
-            OpenBatch {
-                builder: BatchBuilder::new(record.timestamp_ms),
-                opened_ms: now_ms,
-            }
-        });
+            self.open.insert(
+                destination.clone(),
+                OpenBatch {
+                    builder: BatchBuilder::new(record.timestamp_ms),
+                    opened_ms: now_ms,
+                },
+            );
+        }
+        let open = self.open.get_mut(destination).expect("inserted above");
         let headers: Vec<(&[u8], Option<&[u8]>)> = record
             .headers
             .iter()
@@ -356,9 +361,9 @@ mod tests {
             },
             None,
         );
-        let first = acc.append(tp(0), &record(10), 100).unwrap();
+        let first = acc.append(&tp(0), &record(10), 100).unwrap();
         assert!(first.opened_batch && !first.closed_batch);
-        assert!(!acc.append(tp(0), &record(10), 105).unwrap().opened_batch);
+        assert!(!acc.append(&tp(0), &record(10), 105).unwrap().opened_batch);
         assert_eq!(acc.next_deadline_ms(), Some(110));
         assert!(acc.drain_ready(109).is_empty());
         let ready = acc.drain_ready(110);
@@ -379,7 +384,7 @@ mod tests {
         let mut acc = Accumulator::new(config, None);
         let mut closed = 0;
         for _ in 0..30 {
-            closed += acc.append(tp(1), &record(100), 0).unwrap().closed_batch as usize;
+            closed += acc.append(&tp(1), &record(100), 0).unwrap().closed_batch as usize;
         }
         assert!(closed >= 3);
         let ready = acc.drain_ready(1);
@@ -411,9 +416,9 @@ mod tests {
         );
         for round in 0..3 {
             for _ in 0..=round {
-                acc.append(tp(0), &record(5), 0).unwrap();
+                acc.append(&tp(0), &record(5), 0).unwrap();
             }
-            acc.append(tp(1), &record(5), 0).unwrap();
+            acc.append(&tp(1), &record(5), 0).unwrap();
             for b in acc.drain_ready(0) {
                 let h = batch::validate(&b.bytes).unwrap();
                 assert_eq!(
@@ -447,9 +452,9 @@ mod tests {
         let mut acc = Accumulator::new(config, Some(producer));
         // Partition 0: several full batches; partition 1: one lingering batch.
         for _ in 0..12 {
-            acc.append(tp(0), &record(100), 0).unwrap();
+            acc.append(&tp(0), &record(100), 0).unwrap();
         }
-        acc.append(tp(1), &record(10), 0).unwrap();
+        acc.append(&tp(1), &record(10), 0).unwrap();
         // Partition 0 busy: nothing of it leaves, and partition 1 has not lingered yet.
         assert!(acc.drain_sendable(Some(5), |t| t.partition != 0).is_empty());
         let first = acc.drain_sendable(Some(5), |_| true);
@@ -497,7 +502,7 @@ mod tests {
         };
         let mut acc = Accumulator::new(config, None);
         assert!(matches!(
-            acc.append(tp(0), &record(200), 0),
+            acc.append(&tp(0), &record(200), 0),
             Err(AccumulatorError::RecordTooLarge { .. })
         ));
         assert_eq!(acc.pending_records(), 0);

@@ -3,7 +3,7 @@
 //! as soon as each is ready; matching by id serves both. Versions are negotiated once, with
 //! ApiVersions, when the connection opens.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -77,20 +77,25 @@ impl Connection {
         let pending: Pending = Arc::default();
         let closed = Arc::new(AtomicBool::new(false));
 
-        // Writer: coalesces whatever is queued into one write.
+        // Writer: whatever is queued goes out in one vectored write. Small frames are copied
+        // into a staging buffer behind their length prefix; a large one (a produce batch) is
+        // written from its own buffer, never copied.
         let writer_closed = Arc::clone(&closed);
         tokio::spawn(async move {
-            let mut buffer = BytesMut::new();
+            let mut parts = VecDeque::new();
+            let mut staging = BytesMut::new();
             while let Some(frame) = outgoing.recv().await {
-                buffer.clear();
-                push_frame(&mut buffer, &frame);
-                while buffer.len() < 1 << 20 {
+                let mut queued = queue_frame(&mut parts, &mut staging, frame);
+                while queued < 1 << 20 {
                     match outgoing.try_recv() {
-                        Ok(frame) => push_frame(&mut buffer, &frame),
+                        Ok(frame) => queued += queue_frame(&mut parts, &mut staging, frame),
                         Err(_) => break,
                     }
                 }
-                if write.write_all(&buffer).await.is_err() {
+                if !staging.is_empty() {
+                    parts.push_back(staging.split().freeze());
+                }
+                if write_parts(&mut write, &mut parts).await.is_err() {
                     break;
                 }
             }
@@ -305,15 +310,114 @@ impl Connection {
     }
 }
 
-fn push_frame(buffer: &mut BytesMut, frame: &[u8]) {
-    buffer.reserve(frame.len() + 4);
-    buffer.put_u32(frame.len() as u32);
-    buffer.put_slice(frame);
+/// Frames up to this size are copied into the staging buffer (one iovec for many requests).
+const COPIED_FRAME_BYTES: usize = 4096;
+
+/// Queues `frame` behind its 4-byte length prefix; returns the bytes queued.
+fn queue_frame(parts: &mut VecDeque<Bytes>, staging: &mut BytesMut, frame: Bytes) -> usize {
+    staging.put_u32(frame.len() as u32);
+    let len = frame.len() + 4;
+    if frame.len() <= COPIED_FRAME_BYTES {
+        staging.put_slice(&frame);
+    } else {
+        parts.push_back(staging.split().freeze());
+        parts.push_back(frame);
+    }
+    len
+}
+
+/// Writes every part, in order, with as few `writev` calls as the socket allows.
+async fn write_parts(
+    write: &mut (impl tokio::io::AsyncWrite + Unpin),
+    parts: &mut VecDeque<Bytes>,
+) -> std::io::Result<()> {
+    while !parts.is_empty() {
+        let mut written = {
+            let slices: Vec<std::io::IoSlice<'_>> = parts
+                .iter()
+                .take(64)
+                .map(|p| std::io::IoSlice::new(p))
+                .collect();
+            write.write_vectored(&slices).await?
+        };
+        if written == 0 {
+            return Err(std::io::ErrorKind::WriteZero.into());
+        }
+        while written > 0 {
+            let front = parts.front_mut().expect("written bytes come from a part");
+            if written >= front.len() {
+                written -= front.len();
+                parts.pop_front();
+            } else {
+                bytes::Buf::advance(front, written);
+                written = 0;
+            }
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A writer that takes at most 7 bytes per call, to exercise partial vectored writes.
+    struct Trickle(Vec<u8>);
+
+    impl tokio::io::AsyncWrite for Trickle {
+        fn poll_write(
+            mut self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+            buf: &[u8],
+        ) -> std::task::Poll<std::io::Result<usize>> {
+            let n = buf.len().min(7);
+            self.0.extend_from_slice(&buf[..n]);
+            std::task::Poll::Ready(Ok(n))
+        }
+        fn poll_flush(
+            self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<std::io::Result<()>> {
+            std::task::Poll::Ready(Ok(()))
+        }
+        fn poll_shutdown(
+            self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<std::io::Result<()>> {
+            std::task::Poll::Ready(Ok(()))
+        }
+    }
+
+    #[tokio::test]
+    async fn queued_frames_go_out_length_prefixed_in_order_small_ones_copied_large_ones_not() {
+        let small = Bytes::from_static(b"abc");
+        let large = Bytes::from(vec![7u8; COPIED_FRAME_BYTES + 1]);
+        let (mut parts, mut staging) = (VecDeque::new(), BytesMut::new());
+        let mut queued = queue_frame(&mut parts, &mut staging, small.clone());
+        queued += queue_frame(&mut parts, &mut staging, large.clone());
+        queued += queue_frame(&mut parts, &mut staging, small.clone());
+        parts.push_back(staging.split().freeze());
+        assert_eq!(
+            parts.len(),
+            3,
+            "staged prefix+small+prefix, the large frame, prefix+small"
+        );
+        assert_eq!(
+            parts[1].as_ptr(),
+            large.as_ptr(),
+            "the large frame is not copied"
+        );
+        let mut out = Trickle(Vec::new());
+        write_parts(&mut out, &mut parts).await.unwrap();
+        let mut expected = Vec::new();
+        for frame in [&small, &large, &small] {
+            expected.extend_from_slice(&(frame.len() as u32).to_be_bytes());
+            expected.extend_from_slice(frame);
+        }
+        assert_eq!(out.0, expected);
+        assert_eq!(queued, expected.len());
+        assert!(parts.is_empty());
+    }
 
     #[test]
     fn versions_are_capped_by_the_server_and_refused_when_disjoint() {

@@ -482,18 +482,20 @@ impl Sender {
                 partitions,
                 waiter,
             } => {
-                let known = self
-                    .partition_counts
-                    .entry(topic.clone())
-                    .or_insert(partitions);
-                *known = partitions.max(*known);
+                // No per-record clone of the topic name: only its first record inserts it.
+                match self.partition_counts.get_mut(&topic) {
+                    Some(known) => *known = partitions.max(*known),
+                    None => {
+                        self.partition_counts.insert(topic.clone(), partitions);
+                    }
+                }
                 let partition = partition.unwrap_or_else(|| {
                     self.partitioner
                         .partition(&topic, record.key.as_deref(), partitions)
                 });
                 let tp = TopicPartition { topic, partition };
                 let now = self.now_ms();
-                match self.accumulator.append(tp.clone(), &record, now) {
+                match self.accumulator.append(&tp, &record, now) {
                     Ok(outcome) => {
                         if outcome.closed_batch {
                             self.partitioner

@@ -1,5 +1,6 @@
 //! The `tandem` binary: one executable for the server, the local cluster and every tool.
 
+mod bench;
 mod client_cmd;
 mod http;
 mod kv_cmd;
@@ -54,6 +55,8 @@ enum Command {
     Kv(kv_cmd::KvArgs),
     /// The cluster at a glance: nodes, active controller, partitions, lag (or --json).
     Status(client_cmd::StatusArgs),
+    /// Load generators: produce, consume, kv, failover (docs/benchmarks.md).
+    Bench(bench::BenchArgs),
     /// Run the deterministic simulation: `--seeds N | --duration SECS`, `--seed S` to replay
     /// (docs/simulation.md).
     Sim {
@@ -89,6 +92,7 @@ fn main() -> ExitCode {
         Command::Consume(args) => client_cmd::consume(args),
         Command::Status(args) => client_cmd::status(args),
         Command::Kv(args) => kv_cmd::run(args),
+        Command::Bench(args) => bench::run(args),
     };
     match result {
         Ok(code) => code,
