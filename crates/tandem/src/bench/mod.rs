@@ -18,6 +18,7 @@
 
 mod consume;
 mod failover;
+mod kv;
 mod produce;
 
 use std::process::ExitCode;
@@ -39,6 +40,7 @@ Examples:
   tandem bench produce --clients 2 --window 20000 --linger-ms 5 --records 2000000   # batched
   tandem bench produce --topic strong --flush always --durability flushed --clients 1
   tandem bench consume --topic bench --read-from follower --records 1000000
+  tandem bench kv --op get --consistency follower --clients 64
   tandem bench failover --cluster-json tandem-data/cluster.json --trials 10 --victim controller
   tandem bench produce --clients 64 --json | jq .records_per_s
 
@@ -59,21 +61,11 @@ pub enum BenchCommand {
     Produce(produce::ProduceBench),
     /// Read a topic from the beginning with many concurrent consumers (leader or follower).
     Consume(consume::ConsumeBench),
-    /// Key-value operations on a table (not built yet: needs key-value tables, issue 6).
-    Kv(KvBench),
+    /// Key-value operations on a table: put, get (per read consistency) or compare-and-set.
+    Kv(kv::KvBench),
     /// SIGKILL a partition leader of a `tandem dev` cluster, repeatedly: time to the first
     /// acknowledged acks=all write and to the first up-to-date read on the new leader.
     Failover(failover::FailoverBench),
-}
-
-/// The place for `tandem bench kv`. When tables exist it should measure, per operation mix
-/// (put, get, compare-and-set) and read consistency (linearizable, leader, follower,
-/// min_offset=N): ops/s and latency p50 / p99 / p99.9 / max for 1 and 64 clients, 100-byte
-/// values over a key space of 100 000; and feed `failover`'s first linearizable read.
-#[derive(Args)]
-pub struct KvBench {
-    #[arg(trailing_var_arg = true, allow_hyphen_values = true, hide = true)]
-    pub args: Vec<String>,
 }
 
 /// How much work a run may do: whichever bound comes first.
@@ -138,10 +130,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
         BenchCommand::Produce(bench) => runtime.block_on(produce::run(bench)),
         BenchCommand::Consume(bench) => runtime.block_on(consume::run(bench)),
         BenchCommand::Failover(bench) => runtime.block_on(failover::run(bench)),
-        BenchCommand::Kv(_) => anyhow::bail!(
-            "tandem bench kv needs key-value tables, which are not built yet (issue 6); \
-             produce, consume and failover work"
-        ),
+        BenchCommand::Kv(bench) => runtime.block_on(kv::run(bench)),
     }
 }
 
