@@ -74,3 +74,63 @@ fn bench_produce_and_consume_print_one_json_result() {
     assert_eq!(consumed["ok"], 302, "{consumed}");
     assert_eq!(consumed["bytes"], 302 * 100, "{consumed}");
 }
+
+#[test]
+fn bench_kv_puts_gets_and_cas_print_one_json_result() {
+    let cluster = Cluster::start();
+    let (put, _) = bench(
+        &cluster,
+        &[
+            "kv",
+            "--op",
+            "put",
+            "--clients",
+            "2",
+            "--records",
+            "100",
+            "--keys",
+            "50",
+        ],
+    );
+    assert_eq!(
+        (put["bench"].as_str(), put["ok"].as_u64()),
+        (Some("kv"), Some(100)),
+        "{put}"
+    );
+    assert_eq!(put["errors"], 0, "{put}");
+    for consistency in ["linearizable", "follower"] {
+        let (get, _) = bench(
+            &cluster,
+            &[
+                "kv",
+                "--op",
+                "get",
+                "--consistency",
+                consistency,
+                "--preload",
+                "20",
+                "--records",
+                "100",
+            ],
+        );
+        assert_eq!(get["ok"], 100, "{get}");
+        assert!(get["latency_ms"]["p50"].as_f64().unwrap() > 0.0, "{get}");
+    }
+    let (cas, _) = bench(
+        &cluster,
+        &[
+            "kv",
+            "--op",
+            "cas",
+            "--keys",
+            "20",
+            "--preload",
+            "20",
+            "--records",
+            "50",
+        ],
+    );
+    assert_eq!(cas["ok"], 50, "{cas}");
+    // One client, one operation at a time: every CAS is on the version it just read.
+    assert_eq!(cas["cas_mismatches"], 0, "{cas}");
+}
