@@ -26,7 +26,7 @@ use tandem_replication::types::{
     Acks, Durability, FetchData, FetchId, FetchRequest, Isolation, NodeId, ProduceOk,
     ProduceRequest, ReplicaConfig, RequestId,
 };
-use tandem_replication::{driver, ProduceError, ReadError, Replica};
+use tandem_replication::{driver, ProduceError, ReadError, Replica, RoleKind};
 use tandem_storage::{Log, StorageError};
 use tandem_table::read::{Consistency, Token};
 use tokio::sync::oneshot;
@@ -42,6 +42,9 @@ use crate::table::{
 const TICK_MS: u64 = 10;
 /// How often the HW is checkpointed (Kafka: every 5 s); also on shutdown.
 const HW_CHECKPOINT_INTERVAL: Duration = Duration::from_secs(5);
+/// Most inputs taken from the inbox in one burst before the leader's deferred appends are
+/// written (bounds how long a produce waits behind others).
+const MAX_BURST: usize = 256;
 
 /// Which partition.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -192,6 +195,7 @@ impl PartitionHandle {
             table,
             last_checkpoint: Instant::now(),
             checkpointed_high_watermark: high_watermark,
+            deferred_appends: Vec::new(),
         };
         runner.publish_stats();
         let thread = std::thread::Builder::new()
@@ -248,6 +252,10 @@ struct Runner {
     table: Option<TableRuntime>,
     last_checkpoint: Instant,
     checkpointed_high_watermark: i64,
+    /// The leader's appends issued by the core but not written yet: written together once the
+    /// inbox is drained, so that a burst of produces shares one write and, with flush=always,
+    /// one fsync (group commit; the core allows appends in flight: LEO ≤ pending end).
+    deferred_appends: Vec<Bytes>,
 }
 
 impl Runner {
@@ -262,11 +270,30 @@ impl Runner {
             let wait = next_tick.saturating_duration_since(Instant::now());
             match inbox.recv_timeout(wait) {
                 Ok(Input::Shutdown) | Err(mpsc::RecvTimeoutError::Disconnected) => break,
-                Ok(input) => self.handle(input),
+                Ok(input) => {
+                    self.handle(input);
+                    // Whatever else is queued joins this burst: their appends share a write.
+                    let mut stop = false;
+                    for _ in 0..MAX_BURST {
+                        match inbox.try_recv() {
+                            Ok(Input::Shutdown) => {
+                                stop = true;
+                                break;
+                            }
+                            Ok(input) => self.handle(input),
+                            Err(_) => break,
+                        }
+                    }
+                    self.write_deferred_appends();
+                    if stop {
+                        break;
+                    }
+                }
                 Err(mpsc::RecvTimeoutError::Timeout) => {}
             }
             if Instant::now() >= next_tick {
                 self.step(Event::Tick);
+                self.write_deferred_appends();
                 next_tick = Instant::now() + tick;
                 if self.last_checkpoint.elapsed() >= HW_CHECKPOINT_INTERVAL {
                     self.checkpoint_high_watermark();
@@ -276,6 +303,7 @@ impl Runner {
                 }
             }
         }
+        self.write_deferred_appends();
         self.checkpoint_high_watermark();
         if let Some(table) = &mut self.table {
             table.maybe_snapshot(&self.replica, &*self.log, true);
@@ -461,6 +489,25 @@ impl Runner {
         while let Some(event) = events.pop_front() {
             let now = self.now_ms();
             for action in self.replica.step(now, event) {
+                if let Action::Append {
+                    batches,
+                    compaction_horizon: None,
+                } = &action
+                {
+                    if self.replica.role() == RoleKind::Leader {
+                        self.deferred_appends.push(batches.clone());
+                        if let Some(table) = &mut self.table {
+                            table.on_log_action(&action, false);
+                        }
+                        continue;
+                    }
+                }
+                // Log actions reach the log in the core's order: deferred appends first.
+                if is_log_action(&action) {
+                    if let Some(report) = self.perform_deferred_appends() {
+                        events.push_back(report);
+                    }
+                }
                 let report = driver::perform(&*self.log, &action);
                 if let Some(table) = &mut self.table {
                     let failed = matches!(report, Some(Event::LogFailed { .. }));
@@ -479,6 +526,46 @@ impl Runner {
             table.after_step(&self.replica, &*self.log);
         }
         self.publish_stats();
+    }
+
+    /// Writes the deferred appends as one append (one fsync under flush=always) and returns
+    /// the event it reports.
+    fn perform_deferred_appends(&mut self) -> Option<Event> {
+        if self.deferred_appends.is_empty() {
+            return None;
+        }
+        let batches = if self.deferred_appends.len() == 1 {
+            self.deferred_appends.pop().unwrap_or_default()
+        } else {
+            let total = self.deferred_appends.iter().map(Bytes::len).sum();
+            let mut joined = bytes::BytesMut::with_capacity(total);
+            for b in self.deferred_appends.drain(..) {
+                joined.extend_from_slice(&b);
+            }
+            joined.freeze()
+        };
+        let report = driver::perform(
+            &*self.log,
+            &Action::Append {
+                batches,
+                compaction_horizon: None,
+            },
+        );
+        if let (Some(table), Some(Event::LogFailed { .. })) = (&mut self.table, &report) {
+            table.on_log_action(&Action::Flush, true);
+        }
+        report
+    }
+
+    /// The burst is over: write what the core appended meanwhile, and let it see the result.
+    fn write_deferred_appends(&mut self) {
+        // Stepping the report may issue more appends (bounded: each round needs new input).
+        for _ in 0..4 {
+            match self.perform_deferred_appends() {
+                Some(report) => self.step(report),
+                None => return,
+            }
+        }
     }
 
     fn deliver(&mut self, action: Action) {
@@ -589,4 +676,15 @@ impl Runner {
             Err(e) => warn!(partition = %self.partition, error = %e, "HW checkpoint failed"),
         }
     }
+}
+
+/// Actions the driver performs on the log (they must reach it in the core's order).
+fn is_log_action(action: &Action) -> bool {
+    matches!(
+        action,
+        Action::Append { .. }
+            | Action::Truncate { .. }
+            | Action::TruncateFullyAndStartAt { .. }
+            | Action::Flush
+    )
 }
