@@ -87,6 +87,13 @@ impl ReadError {
 pub fn check(consistency: Consistency, view: &ReadView) -> Result<(), ReadError> {
     match consistency {
         Consistency::Linearizable => {
+            // Mutation (tandem-sim's linearizability check): a new leader answers before its HW
+            // reaches its epoch's start, so its committed map may lack acknowledged writes.
+            #[cfg(feature = "mutation-linearizable-without-epoch-start")]
+            let view = &ReadView {
+                epoch_start_offset: None,
+                ..*view
+            };
             leader_caught_up(view)?;
             if !view.has_lease {
                 return Err(ReadError::LeaseExpired);
@@ -119,6 +126,10 @@ pub fn check(consistency: Consistency, view: &ReadView) -> Result<(), ReadError>
             Ok(())
         }
         Consistency::AtLeast(token) => {
+            // Mutation (tandem-sim's session check): answer without having applied the token.
+            if cfg!(feature = "mutation-follower-ignores-token") {
+                return Ok(());
+            }
             if view.high_watermark <= token.offset {
                 return Err(ReadError::Behind {
                     high_watermark: view.high_watermark,
