@@ -80,6 +80,9 @@ pub fn enabled_mutations() -> Vec<&'static str> {
     if cfg!(feature = "mutation-linearizable-without-epoch-start") {
         m.push("mutation-linearizable-without-epoch-start");
     }
+    if cfg!(feature = "mutation-table-ignores-truncation") {
+        m.push("mutation-table-ignores-truncation");
+    }
     m
 }
 

@@ -198,6 +198,11 @@ impl<W, R> TableReplica<W, R> {
                     self.table.append(writes);
                 }
             }
+            // Mutation (tandem-sim's table-matches-log check): keep the writes a truncation
+            // cut, so that they are applied when the HW passes their offsets.
+            #[cfg(feature = "mutation-table-ignores-truncation")]
+            Action::Truncate { .. } => {}
+            #[cfg(not(feature = "mutation-table-ignores-truncation"))]
             Action::Truncate { offset } => {
                 self.log_end_offset = *offset;
                 if self.table.truncate(*offset).is_err() {
@@ -325,6 +330,7 @@ impl<W, R> TableReplica<W, R> {
             };
             return CasDecision::Answered(reply, error.into());
         }
+        #[cfg(not(feature = "mutation-cas-on-committed-only"))]
         let check = self.table.cas_check(key);
         // Mutation (tandem-sim's table checks): decide against the committed map only, so two
         // compare-and-sets from one version both succeed while the first is not committed.
