@@ -81,8 +81,8 @@ pub struct CheckState {
     pub replicas: BTreeMap<(NodeId, u64, Part), ReplicaSeen>,
     /// The table writes of the committed history, per key.
     pub table_writes: session_reads::CommittedWrites,
-    /// Each replica slot's reference table (its log below its HW).
-    pub tables: BTreeMap<table_matches_log::SlotKey, table_matches_log::TableSeen>,
+    /// What each replica slot's table showed when last compared with its log.
+    pub tables: table_matches_log::Compared,
 }
 
 impl CheckState {

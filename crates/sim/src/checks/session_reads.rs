@@ -22,8 +22,9 @@ use crate::kv::KvOutcome;
 use crate::net::Part;
 use crate::world::World;
 
-/// Per (partition, key): the committed writes of the key, offset -> put (else delete).
-pub type CommittedWrites = BTreeMap<(Part, Bytes), BTreeMap<i64, bool>>;
+/// Per (partition, key): the committed writes of the key, offset -> the value and the batch's
+/// leader epoch (`None`: a delete).
+pub type CommittedWrites = BTreeMap<(Part, Bytes), BTreeMap<i64, Option<(Bytes, i32)>>>;
 
 /// A batch joined the committed history: index its table writes.
 pub fn on_committed(part: Part, bytes: &Bytes, index: &mut CommittedWrites) {
@@ -32,7 +33,7 @@ pub fn on_committed(part: Part, bytes: &Bytes, index: &mut CommittedWrites) {
             index
                 .entry((part, w.key))
                 .or_default()
-                .insert(w.offset, w.value.is_some());
+                .insert(w.offset, w.value.map(|v| (v, w.leader_epoch)));
         }
     }
 }
@@ -100,7 +101,7 @@ pub fn on_answer(world: &World, index: usize) -> Result<(), Violation> {
                 .get(&(r.part, r.key.clone()))
                 .is_some_and(|w| {
                     w.range(own.offset + 1..=answered.offset)
-                        .any(|(_, put)| !put)
+                        .any(|(_, value)| value.is_none())
                 });
             if deleted {
                 Ok(())
