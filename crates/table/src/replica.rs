@@ -517,3 +517,276 @@ pub fn replay(log: &dyn Log, table: &mut Table, high_watermark: i64) -> Result<(
     table.commit_to(high_watermark.min(end));
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    //! A leader replica over an in-memory log, driven by hand: the test decides when an
+    //! append's completion reaches the core, so it can hold a write above the HW.
+
+    use std::collections::VecDeque;
+    use std::sync::Arc;
+
+    use tandem_replication::{
+        driver, Acks, Durability, Event, PartitionState, ProduceRequest, ReplicaConfig, RequestId,
+    };
+    use tandem_storage::{BatchBuilder, LogConfig, ManualClock, MemDir, MemLog, SegmentedLog};
+
+    use super::*;
+    use crate::read::ReadError;
+
+    struct Fixture {
+        log: MemLog,
+        replica: Replica,
+        table: TableReplica<u32, u32>,
+        now_ms: i64,
+        /// Completions of performed log actions, not yet given to the core.
+        completions: VecDeque<Event>,
+        next_id: u64,
+    }
+
+    impl Fixture {
+        /// Node 1, leader of epoch 1, alone in the ISR (its HW follows its own appends).
+        fn leader() -> Fixture {
+            let clock = Arc::new(ManualClock::new(0));
+            let log = SegmentedLog::open(MemDir::default(), LogConfig::default(), clock).unwrap();
+            let (model, high_watermark) = driver::recover(&log).unwrap();
+            let replica = Replica::new(1, ReplicaConfig::default(), model, high_watermark);
+            let table = TableReplica::load(&log, high_watermark, None).unwrap();
+            let mut f = Fixture {
+                log,
+                replica,
+                table,
+                now_ms: 0,
+                completions: VecDeque::new(),
+                next_id: 0,
+            };
+            f.metadata(Some(1), 1);
+            f
+        }
+
+        fn metadata(&mut self, leader: Option<i32>, leader_epoch: i32) {
+            self.step(Event::Metadata(PartitionState {
+                leader,
+                leader_epoch,
+                partition_epoch: leader_epoch,
+                isr: vec![1],
+                replicas: vec![1, 2],
+                min_insync_replicas: 1,
+            }));
+            self.settle();
+        }
+
+        /// One step of the core, its log actions performed and fed to the table (as the
+        /// server's partition thread does); the answers of what waited.
+        fn step(&mut self, event: Event) -> Vec<Answer<u32, u32>> {
+            for action in self.replica.step(self.now_ms, event) {
+                let done = driver::perform(&self.log, &action);
+                let failed = matches!(done, Some(Event::LogFailed { .. }));
+                self.table.on_log_action(&action, failed);
+                self.table.commit_to(self.replica.high_watermark());
+                self.completions.extend(done);
+            }
+            self.table.after_step(&self.replica, &self.log, self.now_ms)
+        }
+
+        /// Gives the core every completion it waits for.
+        fn settle(&mut self) -> Vec<Answer<u32, u32>> {
+            let mut answers = Vec::new();
+            while let Some(event) = self.completions.pop_front() {
+                answers.extend(self.step(event));
+            }
+            answers
+        }
+
+        /// An acks=1 put, appended but not completed (so above the HW).
+        fn put(&mut self, key: &str, value: &str) {
+            let mut batch = BatchBuilder::new(self.now_ms);
+            batch.push(self.now_ms, Some(key.as_bytes()), Some(value.as_bytes()));
+            self.next_id += 1;
+            let request = ProduceRequest {
+                acks: Acks::Leader,
+                durability: Durability::Replicated,
+                timeout_ms: 1_000,
+                current_leader_epoch: None,
+                records: batch.build(),
+            };
+            let answers = self.step(Event::Produce {
+                id: RequestId(self.next_id),
+                request,
+            });
+            assert!(answers.is_empty());
+        }
+
+        fn cas(&mut self, key: &str, expected: Option<i64>, reply: u32) -> CasDecision<u32> {
+            self.table.decide_cas(
+                &self.replica,
+                key.as_bytes(),
+                expected,
+                self.now_ms,
+                500,
+                reply,
+            )
+        }
+
+        fn read(
+            &mut self,
+            key: &str,
+            consistency: Consistency,
+            wait_ms: i64,
+            reply: u32,
+        ) -> Option<(u32, Result<ReadAnswer, TableReadError>)> {
+            let query = TableQuery::Get {
+                key: Bytes::copy_from_slice(key.as_bytes()),
+            };
+            self.table.read(
+                &self.replica,
+                query,
+                consistency,
+                true,
+                self.now_ms,
+                wait_ms,
+                reply,
+            )
+        }
+    }
+
+    #[test]
+    #[cfg(not(feature = "mutation-cas-on-committed-only"))]
+    fn a_cas_is_decided_against_the_latest_appended_state() {
+        let mut f = Fixture::leader();
+        f.put("k", "v0");
+        assert_eq!(
+            f.replica.high_watermark(),
+            0,
+            "the put is not committed yet"
+        );
+        assert_eq!(f.cas("k", Some(0), 7), CasDecision::Append(7));
+    }
+
+    #[test]
+    #[cfg(not(feature = "mutation-cas-on-committed-only"))]
+    fn a_mismatch_against_an_uncommitted_write_waits_for_its_commit() {
+        let mut f = Fixture::leader();
+        f.put("k", "v0");
+        assert_eq!(f.cas("k", None, 7), CasDecision::Parked);
+        assert_eq!(f.table.parked(), 1);
+        assert_eq!(f.step(Event::Tick), vec![], "not before the write commits");
+        let answers = f.settle();
+        assert_eq!(f.replica.high_watermark(), 1);
+        assert_eq!(
+            answers,
+            vec![Answer::Write(
+                7,
+                Err(TableWriteError::CasMismatch { current: Some(0) })
+            )]
+        );
+        // Against committed state the answer is immediate.
+        assert_eq!(
+            f.cas("k", None, 8),
+            CasDecision::Answered(8, TableWriteError::CasMismatch { current: Some(0) })
+        );
+    }
+
+    #[test]
+    fn a_parked_mismatch_answers_not_leader_when_the_leadership_moves() {
+        let mut f = Fixture::leader();
+        f.put("k", "v0");
+        if f.cas("k", None, 7) != CasDecision::Parked {
+            return; // mutation-cas-on-committed-only decides against the committed map
+        }
+        let answers = f.step(Event::Metadata(PartitionState {
+            leader: Some(2),
+            leader_epoch: 2,
+            partition_epoch: 2,
+            isr: vec![2],
+            replicas: vec![1, 2],
+            min_insync_replicas: 1,
+        }));
+        assert!(
+            matches!(
+                answers.as_slice(),
+                [Answer::Write(
+                    7,
+                    Err(TableWriteError::Produce(ProduceError::NotLeader { .. }))
+                )]
+            ),
+            "{answers:?}"
+        );
+    }
+
+    #[test]
+    #[cfg(not(feature = "mutation-follower-ignores-token"))]
+    fn an_at_least_read_waits_for_its_token() {
+        let mut f = Fixture::leader();
+        f.put("k", "v0");
+        let token = Token {
+            offset: 0,
+            leader_epoch: 1,
+        };
+        match f.read("k", Consistency::AtLeast(token), 0, 1) {
+            Some((1, Err(TableReadError::Read(ReadError::Behind { .. })))) => {}
+            other => panic!("without waiting: {other:?}"),
+        }
+        assert!(f.read("k", Consistency::AtLeast(token), 100, 2).is_none());
+        let answers = f.settle();
+        let [Answer::Read(2, Ok(answer))] = answers.as_slice() else {
+            panic!("{answers:?}");
+        };
+        assert_eq!(answer.entries.len(), 1);
+        assert_eq!(answer.entries[0].1.version, 0);
+        assert_eq!(answer.token, Some(token));
+    }
+
+    #[test]
+    fn a_parked_read_gives_up_at_its_deadline() {
+        let mut f = Fixture::leader();
+        let token = Token {
+            offset: 5,
+            leader_epoch: 1,
+        };
+        if f.read("k", Consistency::AtLeast(token), 100, 3).is_some() {
+            return; // mutation-follower-ignores-token answers at once
+        }
+        f.now_ms = 100;
+        let answers = f.step(Event::Tick);
+        assert!(
+            matches!(
+                answers.as_slice(),
+                [Answer::Read(
+                    3,
+                    Err(TableReadError::Read(ReadError::Behind { .. }))
+                )]
+            ),
+            "{answers:?}"
+        );
+    }
+
+    #[test]
+    fn the_table_never_applies_past_the_log_end_it_was_told_of() {
+        let mut table: TableReplica<(), ()> = TableReplica {
+            table: Table::new(0),
+            log_end_offset: 0,
+            needs_rebuild: false,
+            leader_log_end_offset: None,
+            caught_up: None,
+            parked_reads: Vec::new(),
+            parked_mismatches: Vec::new(),
+        };
+        // A HW taken before the append that reaches it was performed.
+        table.commit_to(1);
+        assert_eq!(table.table().applied_offset(), 0);
+        let mut batch = BatchBuilder::new(0);
+        batch.push(0, Some(b"k"), Some(b"v"));
+        let mut bytes = batch.build();
+        tandem_storage::batch::set_base_offset(&mut bytes, 0);
+        table.on_log_action(
+            &Action::Append {
+                batches: bytes.freeze(),
+                compaction_horizon: None,
+            },
+            false,
+        );
+        table.commit_to(1);
+        assert_eq!(table.table().get(b"k").map(|e| e.version), Some(0));
+    }
+}
