@@ -22,6 +22,7 @@ mutations=(
   "mutation-follower-ignores-token     20 session-reads"       # seed 0 (most seeds catch it)
   "mutation-linearizable-without-epoch-start 300 table-linearizable" # seed 21 (about 1 seed in 60)
   "mutation-table-ignores-truncation  20 table-matches-log"   # seed 0 (most seeds catch it)
+  "mutation-ignore-truncated-token    50 session-reads"       # seed 0 (about 1 seed in 30)
 )
 
 failed=0

@@ -83,6 +83,9 @@ pub fn enabled_mutations() -> Vec<&'static str> {
     if cfg!(feature = "mutation-table-ignores-truncation") {
         m.push("mutation-table-ignores-truncation");
     }
+    if cfg!(feature = "mutation-ignore-truncated-token") {
+        m.push("mutation-ignore-truncated-token");
+    }
     m
 }
 
