@@ -12,7 +12,7 @@
 //! Times in the history are the world's event counter (strictly increasing, so the real-time
 //! order of a return and a later call is never a tie); virtual ms are kept for reports.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use bytes::Bytes;
 use tandem_replication::{Acks, NodeId};
@@ -113,6 +113,9 @@ pub struct KvClients {
     pub history: Vec<KvRecord>,
     /// Every key, with its partition and the acks its writes use.
     pub keys: Vec<(Part, Bytes, Acks)>,
+    /// Partitions whose table answered a linearizable read issued after the faults stopped
+    /// (liveness).
+    pub linearizable_after_heal: BTreeSet<Part>,
 }
 
 impl KvClients {
@@ -146,6 +149,7 @@ impl KvClients {
             clients,
             history: Vec::new(),
             keys,
+            linearizable_after_heal: BTreeSet::new(),
         }
     }
 }
@@ -371,6 +375,13 @@ impl World {
                     client
                         .seen
                         .insert(key.clone(), entry.as_ref().map(|(_, v)| *v));
+                    if self
+                        .clients
+                        .liveness_from
+                        .is_some_and(|from| record.call_ms >= from)
+                    {
+                        self.kv.linearizable_after_heal.insert(part);
+                    }
                 }
                 if let Some(token) = answer.token {
                     raise(&mut client.session, part, token);
