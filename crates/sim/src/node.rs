@@ -37,6 +37,9 @@ use crate::world::{Ev, World};
 /// How long a node waits for an ISR proposal's answer before telling its replica it is lost.
 const ALTER_TIMEOUT_MS: i64 = 2_000;
 const TICK_MS: i64 = 25;
+/// Chance per replica per tick of checkpointing its table (about every 1.25 s), besides the
+/// snapshot every replica writes at a clean shutdown.
+const SNAPSHOT_CHANCE_PER_TICK: f64 = 0.02;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CrashKind {
@@ -54,6 +57,9 @@ pub struct Node {
     pub id: NodeId,
     /// One directory per partition replica; survives restarts (not wipes).
     pub disks: BTreeMap<Part, MemDir>,
+    /// Each replica's table snapshot, as the server keeps it beside the logs (written
+    /// atomically and fsynced, so crashes keep it; a wipe loses it).
+    pub snapshots: BTreeMap<Part, Bytes>,
     pub process: Option<Process>,
     generation: u64,
     /// Local clock = offset + global * rate / 1000: nodes' clocks drift apart.
@@ -130,6 +136,7 @@ impl Node {
         Node {
             id,
             disks: BTreeMap::new(),
+            snapshots: BTreeMap::new(),
             process: None,
             generation: 0,
             rate_permille: 1000 + rng.range(-skew, skew),
@@ -307,8 +314,14 @@ impl World {
         };
         let incarnation = process.incarnation;
         if kind == CrashKind::Clean {
-            for slot in process.replicas.values() {
-                let _ = slot.log.flush();
+            // A clean shutdown flushes the logs and checkpoints every table (as the server's
+            // partition threads do when they stop).
+            for (part, slot) in &process.replicas {
+                if slot.log.flush().is_ok() {
+                    if let Some(bytes) = slot.table.snapshot(&slot.replica) {
+                        node.snapshots.insert(*part, bytes);
+                    }
+                }
             }
         }
         drop(process);
@@ -338,6 +351,7 @@ impl World {
             }
             CrashKind::Wipe => {
                 node.disks.clear();
+                node.snapshots.clear();
                 node.lost_data_since_registration = true;
             }
         }
@@ -460,6 +474,9 @@ impl World {
                 );
             }
             self.node_step(id, part, Event::Tick);
+            if self.rng.chance(SNAPSHOT_CHANCE_PER_TICK) {
+                self.snapshot_table(id, part);
+            }
         }
         let next = self.now
             + self
@@ -473,6 +490,24 @@ impl World {
                 generation,
             },
         );
+    }
+
+    /// Checkpoints a replica's table: flush the log first, so that after a crash the log still
+    /// holds every offset the snapshot covers (the server's `maybe_snapshot`).
+    fn snapshot_table(&mut self, id: NodeId, part: Part) {
+        let Some(node) = self.nodes.get_mut(&id) else {
+            return;
+        };
+        let Some(slot) = node.process.as_ref().and_then(|p| p.replicas.get(&part)) else {
+            return;
+        };
+        if slot.log.flush().is_err() {
+            return;
+        }
+        if let Some(bytes) = slot.table.snapshot(&slot.replica) {
+            node.snapshots.insert(part, bytes);
+            self.stats.snapshots_written += 1;
+        }
     }
 
     pub fn node_heartbeat(&mut self, id: NodeId, generation: u64) {
@@ -996,8 +1031,20 @@ impl World {
                     Err(e) => panic!("n{id} p{part}: recovery failed: {e}"),
                 };
                 let replica = Replica::new(id, replica_config(&cfg), model, high_watermark);
-                // The table is rebuilt from the recovered log (no snapshots in the simulator).
-                let table = match TableReplica::load(&log, replica.high_watermark(), None) {
+                // The table: from its snapshot if that still matches the recovered log, then
+                // the log after it; else the whole log.
+                let snapshot = node
+                    .snapshots
+                    .get(&part)
+                    .and_then(|bytes| tandem_table::snapshot::decode(bytes).ok());
+                let restored = snapshot.and_then(|s| tandem_table::replica::restore(s, &log));
+                if node.snapshots.contains_key(&part) {
+                    match restored {
+                        Some(_) => self.stats.snapshots_loaded += 1,
+                        None => self.stats.snapshots_discarded += 1,
+                    }
+                }
+                let table = match TableReplica::load(&log, replica.high_watermark(), restored) {
                     Ok(table) => table,
                     Err(e) => panic!("n{id} p{part}: the table does not load from the log: {e}"),
                 };

@@ -127,6 +127,8 @@ pub struct Summary {
     pub kv_reads: u64,
     pub kv_checked: u64,
     pub lincheck_unknown: u64,
+    pub snapshots_loaded: u64,
+    pub snapshots_discarded: u64,
     pub elapsed: Duration,
 }
 
@@ -176,6 +178,8 @@ pub fn run_many(first: u64, limit: Limit, jobs: usize, keep_going: bool) -> Summ
                 s.kv_reads += r.stats.kv_reads;
                 s.kv_checked += r.stats.kv_checked;
                 s.lincheck_unknown += u64::from(r.stats.lincheck_unknown);
+                s.snapshots_loaded += r.stats.snapshots_loaded;
+                s.snapshots_discarded += r.stats.snapshots_discarded;
                 for (k, v) in &r.stats.faults {
                     *s.faults.entry(k).or_default() += v;
                 }
@@ -203,7 +207,7 @@ pub fn format_summary(s: &Summary) -> String {
     format!(
         "{} seeds in {:.1} s: {:.2} seeds/s, {:.0} events/s, {:.0}x virtual time; {} acks=all acknowledged, \
          {} reads; table: {} operations, {} reads answered, {} checked for linearizability \
-         ({} seeds without a verdict); faults: {}; offline by design: {}; failures: {}",
+         ({} seeds without a verdict), {} snapshots restored, {} discarded; faults: {}; offline by design: {}; failures: {}",
         s.seeds,
         secs,
         s.seeds as f64 / secs,
@@ -215,6 +219,8 @@ pub fn format_summary(s: &Summary) -> String {
         s.kv_reads,
         s.kv_checked,
         s.lincheck_unknown,
+        s.snapshots_loaded,
+        s.snapshots_discarded,
         faults.join(", "),
         s.offline_by_design,
         s.failures.len()

@@ -105,6 +105,11 @@ pub struct Stats {
     pub kv_checked: u64,
     /// The linearizability check ran out of steps (no verdict).
     pub lincheck_unknown: bool,
+    /// Table snapshots written, restored at a restart, and discarded (no longer matching
+    /// the recovered log).
+    pub snapshots_written: u64,
+    pub snapshots_loaded: u64,
+    pub snapshots_discarded: u64,
 }
 
 pub struct World {

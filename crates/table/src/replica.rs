@@ -24,6 +24,7 @@ use tandem_storage::batch::split_batches;
 use tandem_storage::{Log, StorageError};
 
 use crate::read::{self, Consistency, ReadView, Token};
+use crate::snapshot::{self, Snapshot};
 use crate::{decode_writes, Entry, Table};
 
 /// Bytes read per call when replaying the log into the table.
@@ -462,6 +463,19 @@ impl<W, R> TableReplica<W, R> {
         })
     }
 
+    /// The table's committed state as a snapshot (`snapshot::encode`), with the epoch of its
+    /// last applied offset; `None` while the table waits to be rebuilt. The caller flushes the
+    /// log first, so that after a crash the log still holds every offset the snapshot covers
+    /// (and [`restore`] can check its epoch there).
+    pub fn snapshot(&self, replica: &Replica) -> Option<Bytes> {
+        if self.needs_rebuild {
+            return None;
+        }
+        let applied = self.table.applied_offset();
+        let last_epoch = replica.local_log().epochs().epoch_for_offset(applied - 1);
+        Some(snapshot::encode(&self.table, last_epoch))
+    }
+
     /// The replica stops: whoever waits is told.
     pub fn shut_down(&mut self) -> Vec<Answer<W, R>> {
         let mut answers = Vec::new();
@@ -481,6 +495,29 @@ fn leader_hint(replica: &Replica) -> (Option<i32>, i32) {
     replica
         .partition()
         .map_or((None, -1), |p| (p.leader, p.leader_epoch))
+}
+
+/// The table a decoded snapshot restores, if it still agrees with `log`: the log holds every
+/// offset it covers, with the same leader epoch at its last one. A log cut below the snapshot
+/// (a corrupt tail removed by recovery, a truncation after an unclean election) makes it
+/// useless: the caller replays the whole log instead.
+pub fn restore(snapshot: Snapshot, log: &dyn Log) -> Option<Table> {
+    let offsets = log.offsets();
+    let covered = snapshot.applied <= offsets.log_end_offset
+        && snapshot.applied >= offsets.log_start_offset
+        && match snapshot.last_epoch {
+            None => snapshot.applied <= offsets.log_start_offset,
+            Some(epoch) => {
+                let mut cache = tandem_storage::EpochCache::new();
+                for entry in log.epochs() {
+                    // Entries come in order from a valid log; a refused one only shortens the
+                    // cache, which can only make the snapshot look stale.
+                    let _ = cache.assign(entry.epoch, entry.start_offset);
+                }
+                cache.epoch_for_offset(snapshot.applied - 1) == Some(epoch)
+            }
+        };
+    covered.then(|| snapshot.into_table())
 }
 
 /// Applies the log from the table's applied offset to its end: below `high_watermark`
@@ -759,6 +796,25 @@ mod tests {
             ),
             "{answers:?}"
         );
+    }
+
+    #[test]
+    fn a_snapshot_restores_only_onto_a_log_that_still_holds_it() {
+        let mut f = Fixture::leader();
+        f.put("k", "v0");
+        f.settle();
+        let bytes = f.table.snapshot(&f.replica).unwrap();
+        let decoded = snapshot::decode(&bytes).unwrap();
+        assert_eq!(decoded.applied, 1);
+        assert_eq!(decoded.last_epoch, Some(1));
+        let restored = restore(decoded.clone(), &f.log).unwrap();
+        assert_eq!(restored.get(b"k").map(|e| e.version), Some(0));
+        let reloaded: TableReplica<(), ()> = TableReplica::load(&f.log, 1, Some(restored)).unwrap();
+        assert_eq!(reloaded.table().committed(), f.table.table().committed());
+        // A log that lost the snapshot's offsets (a new disk, a cut tail) is replayed instead.
+        let clock = Arc::new(ManualClock::new(0));
+        let empty = SegmentedLog::open(MemDir::default(), LogConfig::default(), clock).unwrap();
+        assert!(restore(decoded, &empty).is_none());
     }
 
     #[test]
