@@ -13,16 +13,16 @@ jobs="${SIM_JOBS:-$(nproc 2>/dev/null || echo 2)}"
 
 # mutation                         seeds  [check that must catch it]  (first failing seed when measured)
 mutations=(
-  "mutation-truncate-to-hw            50"   # seed 2
+  "mutation-truncate-to-hw            50"   # seed 6
   "mutation-early-isr-removal         20"   # seed 0
-  "mutation-skip-epoch-fencing        50"   # seed 6
+  "mutation-skip-epoch-fencing        50"   # seed 2
   "mutation-ack-before-hw             20"   # seed 0
-  "mutation-rejoin-without-epoch-start 2000" # seed 162 (rare; seed 889 before the table workload)
+  "mutation-rejoin-without-epoch-start 2000" # seed 544 (rare; seed 889 before the table workload)
   "mutation-cas-on-committed-only      20 table-linearizable"  # seed 1 (most seeds catch it)
   "mutation-follower-ignores-token     20 session-reads"       # seed 0 (most seeds catch it)
-  "mutation-linearizable-without-epoch-start 300 table-linearizable" # seed 21 (about 1 seed in 60)
+  "mutation-linearizable-without-epoch-start 600 table-linearizable" # seed 173 (about 1 seed in 80)
   "mutation-table-ignores-truncation  20 table-matches-log"   # seed 0 (most seeds catch it)
-  "mutation-ignore-truncated-token    50 session-reads"       # seed 0 (about 1 seed in 30)
+  "mutation-ignore-truncated-token    150 session-reads"      # seed 13 (about 1 seed in 25)
 )
 
 failed=0
