@@ -11,6 +11,7 @@
 //!  controller ActiveController + Metadata::apply_batch on virtual time, with commit delays
 //!            and failovers (openraft's own timing is not simulated: crates/controller/tests/quorum.rs)
 //!  workload  producers (acks 0/1/all, idempotent), consumers (follower reads), the oracle
+//!  kv        table clients: put / delete / cas / get at every consistency, sessions, history
 //!  checks    one invariant per file, after every event; liveness after the faults stop
 //!  runner    one seed, or many across threads; the `tandem-sim` command line (`run`)
 //! ```
@@ -18,6 +19,7 @@
 pub mod checks;
 pub mod config;
 pub mod controller;
+pub mod kv;
 pub mod net;
 pub mod node;
 pub mod rng;

@@ -11,8 +11,10 @@ use tandem_controller::{
     PartitionState as ControllerPartition, RegisterReply, RegisterRequest,
 };
 use tandem_replication::{
-    FetchData, FetchId, FetchRequest, NodeId, ProduceError, ProduceOk, ProduceRequest, ReadError,
+    Acks, FetchData, FetchId, FetchRequest, NodeId, ProduceError, ProduceOk, ProduceRequest,
+    ReadError,
 };
+use tandem_table::{Consistency, ReadAnswer, TableReadError, TableWrite, TableWriteError, Written};
 
 /// A partition index of the simulated topic.
 pub type Part = u32;
@@ -105,6 +107,30 @@ pub enum Payload {
     ConsumerFetchReply {
         client_request: u64,
         result: Result<Bytes, ReadError>,
+    },
+    // ---- table clients <-> nodes ----
+    KvWrite {
+        client_request: u64,
+        part: Part,
+        write: TableWrite,
+        acks: Acks,
+        timeout_ms: i64,
+        current_leader_epoch: Option<i32>,
+    },
+    KvWriteReply {
+        client_request: u64,
+        result: Result<Written, TableWriteError>,
+    },
+    KvRead {
+        client_request: u64,
+        part: Part,
+        key: Bytes,
+        consistency: Consistency,
+        wait_ms: i64,
+    },
+    KvReadReply {
+        client_request: u64,
+        result: Result<ReadAnswer, TableReadError>,
     },
 }
 
@@ -211,6 +237,40 @@ impl Payload {
             } => format!(
                 "ConsumerFetchReply #{client_request} {:?}",
                 result.as_ref().map(|b| b.len())
+            ),
+            Payload::KvWrite {
+                client_request,
+                part,
+                write,
+                acks,
+                ..
+            } => format!(
+                "KvWrite #{client_request} p{part} {:?} value {:?} expect {:?} acks {acks:?}",
+                write.key, write.value, write.expected
+            ),
+            Payload::KvWriteReply {
+                client_request,
+                result,
+            } => format!("KvWriteReply #{client_request} {result:?}"),
+            Payload::KvRead {
+                client_request,
+                part,
+                key,
+                consistency,
+                ..
+            } => format!("KvRead #{client_request} p{part} {key:?} {consistency:?}"),
+            Payload::KvReadReply {
+                client_request,
+                result,
+            } => format!(
+                "KvReadReply #{client_request} {:?}",
+                result.as_ref().map(|a| (
+                    a.entries
+                        .iter()
+                        .map(|(_, e)| (e.value.clone(), e.version))
+                        .collect::<Vec<_>>(),
+                    a.token
+                ))
             ),
         }
     }

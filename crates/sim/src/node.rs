@@ -22,7 +22,12 @@ use tandem_replication::{
     ReadError, Replica, ReplicaConfig, RequestId, RoleKind,
 };
 use tandem_storage::batch::split_batches;
-use tandem_storage::{FlushPolicy, Log, LogConfig, ManualClock, MemDir, MemLog, SegmentedLog};
+use tandem_storage::{
+    BatchBuilder, FlushPolicy, Log, LogConfig, ManualClock, MemDir, MemLog, SegmentedLog,
+};
+use tandem_table::{
+    Answer, CasDecision, TableQuery, TableReplica, TableWriteError, Token, Written,
+};
 
 use crate::checks;
 use crate::config::{DurabilityMode, SimConfig};
@@ -32,6 +37,9 @@ use crate::world::{Ev, World};
 /// How long a node waits for an ISR proposal's answer before telling its replica it is lost.
 const ALTER_TIMEOUT_MS: i64 = 2_000;
 const TICK_MS: i64 = 25;
+/// Chance per replica per tick of checkpointing its table (about every 1.25 s), besides the
+/// snapshot every replica writes at a clean shutdown.
+const SNAPSHOT_CHANCE_PER_TICK: f64 = 0.02;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CrashKind {
@@ -49,6 +57,9 @@ pub struct Node {
     pub id: NodeId,
     /// One directory per partition replica; survives restarts (not wipes).
     pub disks: BTreeMap<Part, MemDir>,
+    /// Each replica's table snapshot, as the server keeps it beside the logs (written
+    /// atomically and fsynced, so crashes keep it; a wipe loses it).
+    pub snapshots: BTreeMap<Part, Bytes>,
     pub process: Option<Process>,
     generation: u64,
     /// Local clock = offset + global * rate / 1000: nodes' clocks drift apart.
@@ -65,6 +76,8 @@ pub struct Node {
     unclean_since_registration: bool,
     /// Lost flushed data (wiped disk, corrupt tail cut) since its last registration.
     lost_data_since_registration: bool,
+    /// Replica slots built so far on this node (each slot's `serial`).
+    slots_made: u64,
 }
 
 /// One process life of a node.
@@ -92,12 +105,29 @@ pub struct Slot {
     /// The log's batches (base offset, last offset, bytes), kept in step with the log after
     /// every log action: the checks read it instead of the log.
     pub mirror: Vec<(i64, i64, Bytes)>,
+    /// The key-value table beside the replica, fed from the log actions performed here, as
+    /// the server's partition thread does (replies are table clients' request ids).
+    pub table: TableReplica<u64, u64>,
+    /// Which slot of this node this is (a slot is rebuilt after a log failure), so that the
+    /// checks can tell a rebuilt table from the one before.
+    pub serial: u64,
 }
 
 enum Route {
-    Follower { node: NodeId, fetch_id: FetchId },
-    Producer { client_request: u64 },
-    Consumer { client_request: u64 },
+    Follower {
+        node: NodeId,
+        fetch_id: FetchId,
+    },
+    Producer {
+        client_request: u64,
+    },
+    Consumer {
+        client_request: u64,
+    },
+    TableWrite {
+        client_request: u64,
+        leader_epoch: i32,
+    },
 }
 
 impl Node {
@@ -106,6 +136,7 @@ impl Node {
         Node {
             id,
             disks: BTreeMap::new(),
+            snapshots: BTreeMap::new(),
             process: None,
             generation: 0,
             rate_permille: 1000 + rng.range(-skew, skew),
@@ -114,6 +145,7 @@ impl Node {
             disk_free_at: 0,
             unclean_since_registration: false,
             lost_data_since_registration: false,
+            slots_made: 0,
         }
     }
 
@@ -282,8 +314,14 @@ impl World {
         };
         let incarnation = process.incarnation;
         if kind == CrashKind::Clean {
-            for slot in process.replicas.values() {
-                let _ = slot.log.flush();
+            // A clean shutdown flushes the logs and checkpoints every table (as the server's
+            // partition threads do when they stop).
+            for (part, slot) in &process.replicas {
+                if slot.log.flush().is_ok() {
+                    if let Some(bytes) = slot.table.snapshot(&slot.replica) {
+                        node.snapshots.insert(*part, bytes);
+                    }
+                }
             }
         }
         drop(process);
@@ -313,6 +351,7 @@ impl World {
             }
             CrashKind::Wipe => {
                 node.disks.clear();
+                node.snapshots.clear();
                 node.lost_data_since_registration = true;
             }
         }
@@ -435,6 +474,9 @@ impl World {
                 );
             }
             self.node_step(id, part, Event::Tick);
+            if self.rng.chance(SNAPSHOT_CHANCE_PER_TICK) {
+                self.snapshot_table(id, part);
+            }
         }
         let next = self.now
             + self
@@ -448,6 +490,24 @@ impl World {
                 generation,
             },
         );
+    }
+
+    /// Checkpoints a replica's table: flush the log first, so that after a crash the log still
+    /// holds every offset the snapshot covers (the server's `maybe_snapshot`).
+    fn snapshot_table(&mut self, id: NodeId, part: Part) {
+        let Some(node) = self.nodes.get_mut(&id) else {
+            return;
+        };
+        let Some(slot) = node.process.as_ref().and_then(|p| p.replicas.get(&part)) else {
+            return;
+        };
+        if slot.log.flush().is_err() {
+            return;
+        }
+        if let Some(bytes) = slot.table.snapshot(&slot.replica) {
+            node.snapshots.insert(part, bytes);
+            self.stats.snapshots_written += 1;
+        }
     }
 
     pub fn node_heartbeat(&mut self, id: NodeId, generation: u64) {
@@ -593,6 +653,9 @@ impl World {
                         .is_some_and(|(_, f)| *f == fetch_id)
                     {
                         p.fetches_out.remove(&part);
+                    }
+                    if let (Some(slot), Ok(data)) = (p.replicas.get_mut(&part), &response) {
+                        slot.table.on_leader_log_end_offset(data.log_end_offset);
                     }
                 }
                 self.node_step(id, part, Event::FetchResponse { fetch_id, response });
@@ -752,7 +815,159 @@ impl World {
                 let rid = self.new_route(id, Route::Consumer { client_request });
                 self.node_step(id, part, Event::Fetch { id: rid, request });
             }
+            Payload::KvWrite {
+                client_request,
+                part,
+                write,
+                acks,
+                timeout_ms,
+                current_leader_epoch,
+            } => {
+                self.table_write(
+                    id,
+                    part,
+                    client_request,
+                    write,
+                    acks,
+                    timeout_ms,
+                    current_leader_epoch,
+                );
+            }
+            Payload::KvRead {
+                client_request,
+                part,
+                key,
+                consistency,
+                wait_ms,
+            } => {
+                let Some(p) = self.process_mut(id) else {
+                    return;
+                };
+                let has_lease = p.lease.is_valid(local);
+                let answer = match p.replicas.get_mut(&part) {
+                    None => Some(Err(tandem_table::ReadError::NotLeader.into())),
+                    Some(slot) => slot
+                        .table
+                        .read(
+                            &slot.replica,
+                            TableQuery::Get { key },
+                            consistency,
+                            has_lease,
+                            local,
+                            wait_ms,
+                            client_request,
+                        )
+                        .map(|(_, answer)| answer),
+                };
+                if let Some(result) = answer {
+                    self.send(
+                        Endpoint::Node(id),
+                        Endpoint::Clients,
+                        None,
+                        Payload::KvReadReply {
+                            client_request,
+                            result,
+                        },
+                    );
+                }
+            }
             _ => {}
+        }
+    }
+
+    /// A put, delete or compare-and-set: refused without a lease (rule 8, as any produce),
+    /// decided (a compare-and-set) against the leader's latest appended state, then produced
+    /// as a one-record batch with the key.
+    #[allow(clippy::too_many_arguments)]
+    fn table_write(
+        &mut self,
+        id: NodeId,
+        part: Part,
+        client_request: u64,
+        write: tandem_table::TableWrite,
+        acks: tandem_replication::Acks,
+        timeout_ms: i64,
+        current_leader_epoch: Option<i32>,
+    ) {
+        let local = self.local_now(id);
+        let Some(p) = self.process_mut(id) else {
+            return;
+        };
+        let has_lease = p.lease.is_valid(local);
+        let refusal = match p.replicas.get_mut(&part) {
+            None => Some(TableWriteError::from(ProduceError::NotLeader {
+                leader: None,
+                leader_epoch: -1,
+            })),
+            Some(slot) if !has_lease => Some(TableWriteError::from(ProduceError::NotLeader {
+                leader: None,
+                leader_epoch: slot.replica.leader_epoch(),
+            })),
+            Some(slot) => match write.expected {
+                None => None,
+                Some(expected) => match slot.table.decide_cas(
+                    &slot.replica,
+                    &write.key,
+                    expected,
+                    local,
+                    timeout_ms,
+                    client_request,
+                ) {
+                    CasDecision::Append(_) => None,
+                    CasDecision::Answered(_, error) => Some(error),
+                    CasDecision::Parked => return,
+                },
+            },
+        };
+        if let Some(error) = refusal {
+            self.send(
+                Endpoint::Node(id),
+                Endpoint::Clients,
+                None,
+                Payload::KvWriteReply {
+                    client_request,
+                    result: Err(error),
+                },
+            );
+            return;
+        }
+        let leader_epoch = self
+            .process_mut(id)
+            .and_then(|p| p.replicas.get(&part))
+            .map_or(-1, |s| s.replica.leader_epoch());
+        let mut batch = BatchBuilder::new(local);
+        batch.push(local, Some(&write.key), write.value.as_deref());
+        let request = tandem_replication::ProduceRequest {
+            acks,
+            durability: tandem_replication::Durability::Replicated,
+            timeout_ms,
+            current_leader_epoch,
+            records: batch.build(),
+        };
+        let rid = self.new_route(
+            id,
+            Route::TableWrite {
+                client_request,
+                leader_epoch,
+            },
+        );
+        self.node_step(id, part, Event::Produce { id: rid, request });
+    }
+
+    /// Answers of table requests that waited (for a token, for the HW), to their clients.
+    fn send_table_answers(&mut self, id: NodeId, answers: Vec<Answer<u64, u64>>) {
+        for answer in answers {
+            let payload = match answer {
+                Answer::Write(client_request, result) => Payload::KvWriteReply {
+                    client_request,
+                    result,
+                },
+                Answer::Read(client_request, result) => Payload::KvReadReply {
+                    client_request,
+                    result,
+                },
+            };
+            self.send(Endpoint::Node(id), Endpoint::Clients, None, payload);
         }
     }
 
@@ -817,10 +1032,30 @@ impl World {
                     Err(e) => panic!("n{id} p{part}: recovery failed: {e}"),
                 };
                 let replica = Replica::new(id, replica_config(&cfg), model, high_watermark);
+                // The table: from its snapshot if that still matches the recovered log, then
+                // the log after it; else the whole log.
+                let snapshot = node
+                    .snapshots
+                    .get(&part)
+                    .and_then(|bytes| tandem_table::snapshot::decode(bytes).ok());
+                let restored = snapshot.and_then(|s| tandem_table::replica::restore(s, &log));
+                if node.snapshots.contains_key(&part) {
+                    match restored {
+                        Some(_) => self.stats.snapshots_loaded += 1,
+                        None => self.stats.snapshots_discarded += 1,
+                    }
+                }
+                let table = match TableReplica::load(&log, replica.high_watermark(), restored) {
+                    Ok(table) => table,
+                    Err(e) => panic!("n{id} p{part}: the table does not load from the log: {e}"),
+                };
+                node.slots_made += 1;
                 let mut slot = Slot {
                     log,
                     replica,
                     mirror: Vec::new(),
+                    table,
+                    serial: node.slots_made,
                 };
                 slot.sync_mirror();
                 p.replicas.insert(part, slot);
@@ -858,6 +1093,15 @@ impl World {
                 return;
             }
         }
+        // The table follows the HW, then answers what waited on it (the server's
+        // `after_step`, after every step of the partition thread).
+        let now_local = self.local_now(id);
+        let answers = self
+            .process_mut(id)
+            .and_then(|p| p.replicas.get_mut(&part))
+            .map(|slot| slot.table.after_step(&slot.replica, &slot.log, now_local))
+            .unwrap_or_default();
+        self.send_table_answers(id, answers);
     }
 
     /// After a log failure: reopen the log and build the replica again from it.
@@ -881,7 +1125,20 @@ impl World {
             return;
         };
         let generation = p.generation;
-        let Some(slot) = p.replicas.get(&part) else {
+        if !p.replicas.contains_key(&part) {
+            return;
+        }
+        // The table follows the HW before any reply leaves (as the server's partition thread
+        // does after every action): a client that got its ack and then reads sees its write.
+        if let Some(slot) = self.process_mut(id).and_then(|p| p.replicas.get_mut(&part)) {
+            slot.table.commit_to(slot.replica.high_watermark());
+        }
+        let Some(slot) = self
+            .nodes
+            .get(&id)
+            .and_then(|n| n.process.as_ref())
+            .and_then(|p| p.replicas.get(&part))
+        else {
             return;
         };
         match &action {
@@ -892,6 +1149,9 @@ impl World {
                 let done = driver::perform(&slot.log, &action);
                 if let Some(slot) = self.process_mut(id).and_then(|p| p.replicas.get_mut(&part)) {
                     slot.sync_mirror();
+                    let failed = matches!(done, Some(Event::LogFailed { .. }));
+                    slot.table.on_log_action(&action, failed);
+                    slot.table.commit_to(slot.replica.high_watermark());
                 }
                 if let Some(done) = done {
                     if slow_ms > 0 {
@@ -989,18 +1249,41 @@ impl World {
             }
             Action::CompleteProduce { id: rid, result } => {
                 let result = result.clone();
-                if let Some(Route::Producer { client_request }) =
-                    self.process_mut(id).and_then(|p| p.routes.remove(rid))
-                {
-                    self.send(
-                        Endpoint::Node(id),
-                        Endpoint::Clients,
-                        None,
-                        Payload::ProduceReply {
-                            client_request,
-                            result,
-                        },
-                    );
+                match self.process_mut(id).and_then(|p| p.routes.remove(rid)) {
+                    Some(Route::Producer { client_request }) => {
+                        self.send(
+                            Endpoint::Node(id),
+                            Endpoint::Clients,
+                            None,
+                            Payload::ProduceReply {
+                                client_request,
+                                result,
+                            },
+                        );
+                    }
+                    Some(Route::TableWrite {
+                        client_request,
+                        leader_epoch,
+                    }) => {
+                        let result = result
+                            .map(|ok| Written {
+                                token: Some(Token {
+                                    offset: ok.base_offset,
+                                    leader_epoch,
+                                }),
+                            })
+                            .map_err(TableWriteError::from);
+                        self.send(
+                            Endpoint::Node(id),
+                            Endpoint::Clients,
+                            None,
+                            Payload::KvWriteReply {
+                                client_request,
+                                result,
+                            },
+                        );
+                    }
+                    _ => {}
                 }
             }
             Action::ProposeIsr {

@@ -71,6 +71,21 @@ pub fn enabled_mutations() -> Vec<&'static str> {
     if cfg!(feature = "mutation-rejoin-without-epoch-start") {
         m.push("mutation-rejoin-without-epoch-start");
     }
+    if cfg!(feature = "mutation-cas-on-committed-only") {
+        m.push("mutation-cas-on-committed-only");
+    }
+    if cfg!(feature = "mutation-follower-ignores-token") {
+        m.push("mutation-follower-ignores-token");
+    }
+    if cfg!(feature = "mutation-linearizable-without-epoch-start") {
+        m.push("mutation-linearizable-without-epoch-start");
+    }
+    if cfg!(feature = "mutation-table-ignores-truncation") {
+        m.push("mutation-table-ignores-truncation");
+    }
+    if cfg!(feature = "mutation-ignore-truncated-token") {
+        m.push("mutation-ignore-truncated-token");
+    }
     m
 }
 
@@ -108,6 +123,12 @@ pub struct Summary {
     pub reads: u64,
     pub faults: BTreeMap<&'static str, u64>,
     pub offline_by_design: u64,
+    pub kv_ops: u64,
+    pub kv_reads: u64,
+    pub kv_checked: u64,
+    pub lincheck_unknown: u64,
+    pub snapshots_loaded: u64,
+    pub snapshots_discarded: u64,
     pub elapsed: Duration,
 }
 
@@ -153,6 +174,12 @@ pub fn run_many(first: u64, limit: Limit, jobs: usize, keep_going: bool) -> Summ
                 s.acked_all += r.stats.acked_all;
                 s.reads += r.stats.reads;
                 s.offline_by_design += u64::from(r.stats.offline_by_design);
+                s.kv_ops += r.stats.kv_ops;
+                s.kv_reads += r.stats.kv_reads;
+                s.kv_checked += r.stats.kv_checked;
+                s.lincheck_unknown += u64::from(r.stats.lincheck_unknown);
+                s.snapshots_loaded += r.stats.snapshots_loaded;
+                s.snapshots_discarded += r.stats.snapshots_discarded;
                 for (k, v) in &r.stats.faults {
                     *s.faults.entry(k).or_default() += v;
                 }
@@ -179,7 +206,8 @@ pub fn format_summary(s: &Summary) -> String {
     let faults: Vec<String> = s.faults.iter().map(|(k, v)| format!("{k} {v}")).collect();
     format!(
         "{} seeds in {:.1} s: {:.2} seeds/s, {:.0} events/s, {:.0}x virtual time; {} acks=all acknowledged, \
-         {} reads; faults: {}; offline by design: {}; failures: {}",
+         {} reads; table: {} operations, {} reads answered, {} checked for linearizability \
+         ({} seeds without a verdict), {} snapshots restored, {} discarded; faults: {}; offline by design: {}; failures: {}",
         s.seeds,
         secs,
         s.seeds as f64 / secs,
@@ -187,6 +215,12 @@ pub fn format_summary(s: &Summary) -> String {
         s.virtual_ms as f64 / 1000.0 / secs,
         s.acked_all,
         s.reads,
+        s.kv_ops,
+        s.kv_reads,
+        s.kv_checked,
+        s.lincheck_unknown,
+        s.snapshots_loaded,
+        s.snapshots_discarded,
         faults.join(", "),
         s.offline_by_design,
         s.failures.len()
@@ -263,10 +297,18 @@ pub fn run(args: impl IntoIterator<Item = String>) -> i32 {
         return match r.failure {
             None => {
                 println!(
-                    "seed {seed} passed: {} events, {} ms virtual, {} acks=all acknowledged, {:.2} s",
+                    "seed {seed} passed: {} events, {} ms virtual, {} acks=all acknowledged, \
+                     {} table operations ({} checked, verdict {}), {:.2} s",
                     r.stats.events,
                     r.stats.virtual_ms,
                     r.stats.acked_all,
+                    r.stats.kv_ops,
+                    r.stats.kv_checked,
+                    if r.stats.lincheck_unknown {
+                        "none: out of steps"
+                    } else {
+                        "linearizable"
+                    },
                     start.elapsed().as_secs_f64()
                 );
                 0

@@ -77,7 +77,7 @@ pub struct Clients {
     pub consumers: Vec<Consumer>,
     pub batches: BTreeMap<u64, ProducedBatch>,
     next_batch: u64,
-    next_request: u64,
+    pub(crate) next_request: u64,
     /// Clients' metadata: refreshed from the committed metadata now and then (a client asks
     /// any node), so it may be stale.
     view: Option<Arc<Metadata>>,
@@ -161,14 +161,17 @@ impl World {
         for i in 0..self.clients.consumers.len() {
             self.consumer_step(i);
         }
+        for i in 0..self.kv.clients.len() {
+            self.kv_step(i);
+        }
     }
 
-    fn refresh_client_view(&mut self) {
+    pub(crate) fn refresh_client_view(&mut self) {
         self.clients.view = Some(self.controller.metadata.clone());
         self.clients.view_at = self.now;
     }
 
-    fn leader_of(&self, part: Part) -> Option<(NodeId, i32)> {
+    pub(crate) fn leader_of(&self, part: Part) -> Option<(NodeId, i32)> {
         let view = self.clients.view.as_ref()?;
         let topic_id = *view.topics.keys().next()?;
         let p = partition_state(view, topic_id, part)?;
@@ -437,6 +440,9 @@ impl World {
                         self.stats.reads += 1;
                     }
                 }
+            }
+            payload @ (Payload::KvWriteReply { .. } | Payload::KvReadReply { .. }) => {
+                self.kv_receive(payload)
             }
             _ => {}
         }

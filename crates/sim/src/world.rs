@@ -17,6 +17,7 @@ use tandem_replication::{Event, NodeId};
 use crate::checks::{self, CheckState, Violation};
 use crate::config::{DurabilityMode, SimConfig};
 use crate::controller::ControllerSim;
+use crate::kv::KvClients;
 use crate::net::{Endpoint, Message, Part, Payload};
 use crate::node::{CrashKind, Node};
 use crate::rng::Rng;
@@ -98,6 +99,17 @@ pub struct Stats {
     pub faults: BTreeMap<&'static str, u64>,
     pub elections: u64,
     pub offline_by_design: bool,
+    /// Table operations issued, reads answered, and operations in the checked history.
+    pub kv_ops: u64,
+    pub kv_reads: u64,
+    pub kv_checked: u64,
+    /// The linearizability check ran out of steps (no verdict).
+    pub lincheck_unknown: bool,
+    /// Table snapshots written, restored at a restart, and discarded (no longer matching
+    /// the recovered log).
+    pub snapshots_written: u64,
+    pub snapshots_loaded: u64,
+    pub snapshots_discarded: u64,
 }
 
 pub struct World {
@@ -109,6 +121,8 @@ pub struct World {
     pub nodes: BTreeMap<NodeId, Node>,
     pub controller: ControllerSim,
     pub clients: Clients,
+    /// Table clients and their history.
+    pub kv: KvClients,
     /// Directed links that are cut.
     pub cut: BTreeSet<(Endpoint, Endpoint)>,
     pub faults_on: bool,
@@ -133,6 +147,7 @@ impl World {
             .collect();
         let controller = ControllerSim::new(&cfg);
         let clients = Clients::new(&cfg, &mut rng);
+        let kv = KvClients::new(&cfg, &mut rng);
         World {
             cfg,
             rng,
@@ -142,6 +157,7 @@ impl World {
             nodes,
             controller,
             clients,
+            kv,
             cut: BTreeSet::new(),
             faults_on: true,
             lost_data_registered: false,
@@ -304,7 +320,14 @@ impl World {
             self.trace(|| format!("dropped {from}->{to}: {}", payload.describe()));
             return;
         }
-        let copies = if self.rng.chance(dup_p) { 2 } else { 1 };
+        // A table write is not sent twice: over TCP a request arrives once, and a table
+        // client never retries a write blindly (a second put would be a second version).
+        let duplicable = !matches!(payload, Payload::KvWrite { .. });
+        let copies = if self.rng.chance(dup_p) && duplicable {
+            2
+        } else {
+            1
+        };
         for _ in 0..copies {
             let mut latency = self.rng.range(1, max_latency.max(1));
             if let Endpoint::Node(n) = to {
@@ -528,6 +551,12 @@ impl World {
                 self.stats.offline_by_design = offline_by_design;
                 if let Err(v) = checks::acked_writes::final_check(self) {
                     self.fail(v);
+                }
+                self.kv_finish();
+                if self.failure.is_none() {
+                    if let Err(v) = checks::table_linearizable::final_check(self) {
+                        self.fail(v);
+                    }
                 }
                 self.done = true;
             }

@@ -87,6 +87,13 @@ impl ReadError {
 pub fn check(consistency: Consistency, view: &ReadView) -> Result<(), ReadError> {
     match consistency {
         Consistency::Linearizable => {
+            // Mutation (tandem-sim's linearizability check): a new leader answers before its HW
+            // reaches its epoch's start, so its committed map may lack acknowledged writes.
+            #[cfg(feature = "mutation-linearizable-without-epoch-start")]
+            let view = &ReadView {
+                epoch_start_offset: None,
+                ..*view
+            };
             leader_caught_up(view)?;
             if !view.has_lease {
                 return Err(ReadError::LeaseExpired);
@@ -119,6 +126,10 @@ pub fn check(consistency: Consistency, view: &ReadView) -> Result<(), ReadError>
             Ok(())
         }
         Consistency::AtLeast(token) => {
+            // Mutation (tandem-sim's session check): answer without having applied the token.
+            if cfg!(feature = "mutation-follower-ignores-token") {
+                return Ok(());
+            }
             if view.high_watermark <= token.offset {
                 return Err(ReadError::Behind {
                     high_watermark: view.high_watermark,
@@ -130,7 +141,12 @@ pub fn check(consistency: Consistency, view: &ReadView) -> Result<(), ReadError>
                 return Ok(());
             }
             let found = view.epochs.epoch_for_offset(token.offset);
-            if found != Some(token.leader_epoch) {
+            // Mutation (tandem-sim's session check): serve a token whose write was truncated.
+            #[cfg(not(feature = "mutation-ignore-truncated-token"))]
+            let truncated = found != Some(token.leader_epoch);
+            #[cfg(feature = "mutation-ignore-truncated-token")]
+            let truncated = false;
+            if truncated {
                 return Err(ReadError::TokenTruncated { token, found });
             }
             Ok(())

@@ -1,7 +1,8 @@
 //! Liveness, after the faults stop (links healed, nodes restarted, controller up): within
 //! `liveness_bound_ms` every partition has a leader that acts as one at the committed epoch,
-//! its HW covers the whole committed history, and an acks=all produce issued after the faults
-//! stopped was acknowledged.
+//! its HW covers the whole committed history, an acks=all produce issued after the faults
+//! stopped was acknowledged, and its table answered a linearizable read issued after then (the
+//! leader holds its lease and its HW reached its epoch's start).
 //!
 //! One exemption: a partition left with an empty ISR and an empty ELR is offline *by design*
 //! (unclean election is off) when its last eligible replicas may have lost committed data:
@@ -65,6 +66,11 @@ pub fn check(world: &World) -> Verdict {
         if !world.clients.acked_after_heal.contains_key(&part) {
             return Verdict::Waiting(format!(
                 "p{part}: no acks=all acknowledgement since the faults stopped"
+            ));
+        }
+        if !world.kv.linearizable_after_heal.contains(&part) {
+            return Verdict::Waiting(format!(
+                "p{part}: no linearizable table read answered since the faults stopped"
             ));
         }
     }

@@ -6,7 +6,9 @@
 
 use std::ops::Bound;
 
-use super::{no_duplicates, replicas, CheckState, CommittedBatch, ReplicaSeen, Violation};
+use super::{
+    no_duplicates, replicas, session_reads, CheckState, CommittedBatch, ReplicaSeen, Violation,
+};
 use crate::world::World;
 
 pub fn check(world: &World, state: &mut CheckState) -> Result<(), Violation> {
@@ -65,6 +67,7 @@ pub fn check(world: &World, state: &mut CheckState) -> Result<(), Violation> {
                         ));
                     }
                     no_duplicates::on_committed(r.part, bytes, *base, &mut state.producer_batches)?;
+                    session_reads::on_committed(r.part, bytes, &mut state.table_writes);
                     history.insert(
                         *base,
                         CommittedBatch { last_offset: *last, bytes: bytes.clone(), first_seen: (r.node, world.now) },

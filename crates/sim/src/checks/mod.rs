@@ -1,6 +1,7 @@
 //! The invariants, one file each, named after the property. [`after_step`] runs the
-//! per-step ones after every event; `acked_writes`, `reads_below_hw` and `liveness` also run
-//! where their event happens (an acknowledgement, a read, the end of the run).
+//! per-step ones after every event; `acked_writes`, `reads_below_hw`, `session_reads`,
+//! `table_linearizable` and `liveness` run where their event happens (an acknowledgement, a
+//! read, the end of the run).
 //!
 //! State the checks keep between steps lives in [`CheckState`]: the committed history of each
 //! partition (every batch any replica ever exposed below its HW), which is the reference the
@@ -14,7 +15,10 @@ pub mod liveness;
 pub mod logs_agree;
 pub mod no_duplicates;
 pub mod reads_below_hw;
+pub mod session_reads;
 pub mod single_leader;
+pub mod table_linearizable;
+pub mod table_matches_log;
 
 use std::collections::BTreeMap;
 
@@ -75,6 +79,10 @@ pub struct CheckState {
     pub leader_high_watermarks: BTreeMap<(Part, i32), i64>,
     /// (node, process generation, partition) -> what that replica showed.
     pub replicas: BTreeMap<(NodeId, u64, Part), ReplicaSeen>,
+    /// The table writes of the committed history, per key.
+    pub table_writes: session_reads::CommittedWrites,
+    /// What each replica slot's table showed when last compared with its log.
+    pub tables: table_matches_log::Compared,
 }
 
 impl CheckState {
@@ -120,6 +128,7 @@ pub fn after_step(world: &mut World) {
         hw_monotonic::check(world, &mut state)?;
         hw_within_isr::check(world)?;
         logs_agree::check(world, &mut state)?;
+        table_matches_log::check(world, &mut state)?;
         Ok(())
     })();
     world.checks = state;
