@@ -103,7 +103,6 @@ pub async fn write(
             leader_epoch: None,
             message: TableWriteError::CasMismatch { current }.to_string(),
         },
-        Err(TableWriteError::NotATable(message)) => write_error(errors::NOT_A_TABLE, message),
         Err(TableWriteError::Produce(e)) => {
             let (leader_hint, leader_epoch) = match &e {
                 ProduceError::NotLeader {
@@ -216,7 +215,6 @@ pub async fn read(
                 TableReadError::Read(ReadError::TooStale { .. }) => errors::REPLICA_TOO_STALE,
                 TableReadError::Read(ReadError::Behind { .. }) => errors::REPLICA_BEHIND,
                 TableReadError::Read(ReadError::TokenTruncated { .. }) => errors::TOKEN_TRUNCATED,
-                TableReadError::NotATable(_) => errors::NOT_A_TABLE,
                 TableReadError::Storage(_) => errors::KAFKA_STORAGE_ERROR,
             };
             let (leader, epoch) = node.leader_of(&tp);

@@ -33,8 +33,8 @@ use tokio::sync::oneshot;
 use tracing::{debug, warn};
 
 use crate::table::{
-    ReadReply, TableQuery, TableReadError, TableRuntime, TableWrite, TableWriteError, WriteReply,
-    Written,
+    not_a_table_read, not_a_table_write, ReadReply, TableQuery, TableRuntime, TableWrite,
+    TableWriteError, WriteReply, Written,
 };
 
 /// How often the core hears the time pass: bounds how late a long poll, a timeout or an ISR
@@ -396,13 +396,19 @@ impl Runner {
                 reply,
             } => match &mut self.table {
                 Some(table) => {
-                    table.read(&self.replica, query, consistency, has_lease, wait, reply)
+                    let now = self.started.elapsed().as_millis() as i64;
+                    table.read(
+                        &self.replica,
+                        query,
+                        consistency,
+                        has_lease,
+                        now,
+                        wait,
+                        reply,
+                    )
                 }
                 None => {
-                    let _ = reply.send(Err(TableReadError::NotATable(format!(
-                        "{} is not a table",
-                        self.partition.topic
-                    ))));
+                    let _ = reply.send(Err(not_a_table_read(&self.partition.topic)));
                 }
             },
             Input::Shutdown => {}
@@ -421,16 +427,14 @@ impl Runner {
         reply: WriteReply,
     ) {
         let Some(table) = &mut self.table else {
-            let _ = reply.send(Err(TableWriteError::NotATable(format!(
-                "{} is not a table",
-                self.partition.topic
-            ))));
+            let _ = reply.send(Err(not_a_table_write(&self.partition.topic)));
             return;
         };
         let reply = match write.expected {
             Some(expected) => {
-                let timeout = Duration::from_millis(timeout_ms.max(0) as u64);
-                match table.decide_cas(&self.replica, &write.key, expected, timeout, reply) {
+                let now = self.started.elapsed().as_millis() as i64;
+                match table.decide_cas(&self.replica, &write.key, expected, now, timeout_ms, reply)
+                {
                     Some(reply) => reply,
                     None => return, // answered, or parked until the HW decides
                 }
@@ -523,7 +527,8 @@ impl Runner {
             }
         }
         if let Some(table) = &mut self.table {
-            table.after_step(&self.replica, &*self.log);
+            let now = self.started.elapsed().as_millis() as i64;
+            table.after_step(&self.replica, &*self.log, now);
         }
         self.publish_stats();
     }

@@ -1,7 +1,7 @@
-//! A table partition at run time: the [`tandem_table::Table`] a replica keeps beside its log,
-//! fed from the log actions the partition thread performs, plus the key-value requests that
-//! wait on it (reads that wait for a token, compare-and-set answers that wait for the HW), and
-//! the snapshot that spares a restart from replaying the whole log.
+//! A table partition at run time: the pure [`TableReplica`] (crates/table: the table fed from
+//! the log actions, the leader's compare-and-set decision, reads checked per consistency —
+//! the same code the simulator runs) plus what needs I/O here: oneshot replies, the snapshot
+//! file, and the clock.
 //!
 //! Everything here runs on the partition's thread (see `partition.rs`), so the table, the
 //! replication core and the log never disagree about where the HW is when a reply leaves.
@@ -11,114 +11,30 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use tandem_replication::event::Action;
-use tandem_replication::{ProduceError, Replica, RoleKind};
+use tandem_replication::{ProduceError, Replica};
 use tandem_storage::{Log, StorageError};
-use tandem_table::read::{self, Consistency, ReadView, Token};
-use tandem_table::{decode_writes, snapshot, Table};
+use tandem_table::read::Consistency;
+use tandem_table::replica::{restore, Answer, CasDecision, TableReplica};
+use tandem_table::snapshot;
 use tokio::sync::oneshot;
 use tracing::{info, warn};
 
+pub use tandem_table::replica::{
+    ReadAnswer, TableQuery, TableReadError, TableWrite, TableWriteError, Written,
+};
+
 /// How often a table is checkpointed, at most (and only if it changed).
 const SNAPSHOT_INTERVAL: Duration = Duration::from_secs(30);
-/// Bytes read per call when replaying the log into the table.
-const REPLAY_CHUNK: usize = 1 << 20;
-
-/// A write a client asked for.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TableWrite {
-    pub key: Bytes,
-    /// `None`: delete.
-    pub value: Option<Bytes>,
-    /// Compare-and-set: write only if the key's version is this (`Some(None)`: absent).
-    pub expected: Option<Option<i64>>,
-}
-
-/// A successful write.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Written {
-    /// The new version and its epoch; `None` for acks=0 (nobody waited for the offset).
-    pub token: Option<Token>,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum TableWriteError {
-    #[error(transparent)]
-    Produce(#[from] ProduceError),
-    #[error("compare-and-set failed: the current version is {}", current.map_or("absent".to_string(), |v| v.to_string()))]
-    CasMismatch { current: Option<i64> },
-    #[error("{0}")]
-    NotATable(String),
-}
-
-/// A read a client asked for.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum TableQuery {
-    Get {
-        key: Bytes,
-    },
-    Scan {
-        prefix: Bytes,
-        from: Bytes,
-        to: Option<Bytes>,
-        limit: usize,
-    },
-}
-
-/// What a read returns.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ReadAnswer {
-    pub entries: Vec<(Bytes, tandem_table::Entry)>,
-    pub next: Option<Bytes>,
-    pub token: Option<Token>,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum TableReadError {
-    #[error(transparent)]
-    Read(#[from] read::ReadError),
-    #[error("{0}")]
-    NotATable(String),
-    #[error("the replica failed: {0}")]
-    Storage(String),
-}
 
 pub type WriteReply = oneshot::Sender<Result<Written, TableWriteError>>;
 pub type ReadReply = oneshot::Sender<Result<ReadAnswer, TableReadError>>;
 
-/// A read that waits for this replica to catch up (an `AtLeast` token not yet applied).
-struct ParkedRead {
-    query: TableQuery,
-    consistency: Consistency,
-    has_lease: bool,
-    deadline: Instant,
-    reply: ReadReply,
-}
-
-/// A compare-and-set that failed against a write not yet committed: the answer waits until
-/// that write commits, so that no client learns of a state before reads can see it.
-struct ParkedMismatch {
-    current: Option<i64>,
-    commit_offset: i64,
-    leader_epoch: i32,
-    deadline: Instant,
-    reply: WriteReply,
-}
-
-/// The table beside one replica.
+/// The table beside one replica, with its snapshot file.
 pub struct TableRuntime {
-    table: Table,
+    replica: TableReplica<WriteReply, ReadReply>,
     snapshot_path: PathBuf,
     last_snapshot: Instant,
     snapshot_applied: i64,
-    /// Set when the table can no longer follow the log incrementally (a truncation below the
-    /// applied offset, a failed log action): rebuilt from the log after the current step.
-    needs_rebuild: bool,
-    /// The leader's LEO from the last fetch answer (followers), for lag bounds.
-    leader_log_end_offset: Option<i64>,
-    /// When this follower last had everything the leader had, and in which epoch.
-    caught_up: Option<(i32, Instant)>,
-    parked_reads: Vec<ParkedRead>,
-    parked_mismatches: Vec<ParkedMismatch>,
 }
 
 impl TableRuntime {
@@ -130,292 +46,99 @@ impl TableRuntime {
         high_watermark: i64,
     ) -> Result<TableRuntime, StorageError> {
         let restored = read_snapshot(&snapshot_path, log);
-        let mut table = restored.unwrap_or_else(|| Table::new(log.log_start_offset()));
-        let snapshot_applied = table.applied_offset();
-        replay(log, &mut table, high_watermark)?;
+        let from_snapshot = restored.as_ref().map_or(0, |t| t.applied_offset());
+        let replica = TableReplica::load(log, high_watermark, restored)?;
         info!(
             snapshot = %snapshot_path.display(),
-            from_snapshot = snapshot_applied,
-            keys = table.len(),
-            applied = table.applied_offset(),
+            from_snapshot,
+            keys = replica.table().len(),
+            applied = replica.table().applied_offset(),
             "table loaded"
         );
         Ok(TableRuntime {
-            table,
+            snapshot_applied: from_snapshot,
+            replica,
             snapshot_path,
             last_snapshot: Instant::now(),
-            snapshot_applied,
-            needs_rebuild: false,
-            leader_log_end_offset: None,
-            caught_up: None,
-            parked_reads: Vec::new(),
-            parked_mismatches: Vec::new(),
         })
     }
 
-    pub fn table(&self) -> &Table {
-        &self.table
-    }
-
-    /// A log action is about to be performed (`failed`: it was, and the log refused it).
+    /// A log action was performed (`failed`: the log refused it).
     pub fn on_log_action(&mut self, action: &Action, failed: bool) {
-        if failed {
-            self.needs_rebuild = true;
-            return;
-        }
-        match action {
-            Action::Append { batches, .. } => match decode_writes(batches) {
-                Ok(writes) => self.table.append(writes),
-                Err(e) => {
-                    warn!(error = %e, "a batch in a table's log is not a table write; skipped");
-                }
-            },
-            Action::Truncate { offset } => {
-                if let Err(e) = self.table.truncate(*offset) {
-                    warn!(error = %e, "rebuilding the table from the log");
-                    self.needs_rebuild = true;
-                }
-            }
-            Action::TruncateFullyAndStartAt { offset } => self.table.reset(*offset),
-            _ => {}
-        }
+        self.replica.on_log_action(action, failed);
     }
 
     /// The core's HW, applied before any reply leaves the partition thread.
     pub fn commit_to(&mut self, high_watermark: i64) {
-        if !self.needs_rebuild {
-            self.table.commit_to(high_watermark);
-        }
+        self.replica.commit_to(high_watermark);
     }
 
     /// A fetch answer from the leader arrived, naming its LEO.
     pub fn on_leader_log_end_offset(&mut self, leader_log_end_offset: i64) {
-        self.leader_log_end_offset = Some(leader_log_end_offset);
+        self.replica.on_leader_log_end_offset(leader_log_end_offset);
     }
 
     /// After each step of the core: follow its HW, then answer what waited on it.
-    pub fn after_step(&mut self, replica: &Replica, log: &dyn Log) {
-        if self.needs_rebuild {
-            self.needs_rebuild = false;
-            let mut table = Table::new(log.log_start_offset());
-            match replay(log, &mut table, replica.high_watermark()) {
-                Ok(()) => self.table = table,
-                Err(e) => {
-                    warn!(error = %e, "the table could not be rebuilt from the log");
-                    self.needs_rebuild = true;
-                }
-            }
-        }
-        self.table.commit_to(replica.high_watermark());
-        if replica.role() == RoleKind::Follower {
-            let caught_up = self
-                .leader_log_end_offset
-                .is_some_and(|leo| replica.local_log().log_end_offset() >= leo);
-            let epoch = replica.leader_epoch();
-            if caught_up {
-                self.caught_up = Some((epoch, Instant::now()));
-            } else if self.caught_up.is_some_and(|(e, _)| e != epoch) {
-                self.caught_up = None;
-            }
-        } else {
-            self.leader_log_end_offset = None;
-        }
-        self.answer_parked(replica);
+    pub fn after_step(&mut self, replica: &Replica, log: &dyn Log, now_ms: i64) {
+        send_all(self.replica.after_step(replica, log, now_ms));
     }
 
-    fn answer_parked(&mut self, replica: &Replica) {
-        let now = Instant::now();
-        let applied = self.table.applied_offset();
-        let epoch = replica.leader_epoch();
-        let still_leader = replica.role() == RoleKind::Leader;
-        for parked in std::mem::take(&mut self.parked_mismatches) {
-            if !still_leader || parked.leader_epoch != epoch {
-                // The write it saw may be gone; nothing of this request was written.
-                let (leader, leader_epoch) = leader_hint(replica);
-                let _ = parked.reply.send(Err(ProduceError::NotLeader {
-                    leader,
-                    leader_epoch,
-                }
-                .into()));
-            } else if applied >= parked.commit_offset {
-                let _ = parked.reply.send(Err(TableWriteError::CasMismatch {
-                    current: parked.current,
-                }));
-            } else if now >= parked.deadline {
-                let _ = parked.reply.send(Err(ProduceError::NotLeader {
-                    leader: None,
-                    leader_epoch: epoch,
-                }
-                .into()));
-            } else {
-                self.parked_mismatches.push(parked);
-            }
-        }
-        for parked in std::mem::take(&mut self.parked_reads) {
-            let ParkedRead {
-                query,
-                consistency,
-                has_lease,
-                deadline,
-                reply,
-            } = parked;
-            match self.try_read(replica, &query, consistency, has_lease) {
-                Err(TableReadError::Read(e)) if e.may_wait() && now < deadline => {
-                    self.parked_reads.push(ParkedRead {
-                        query,
-                        consistency,
-                        has_lease,
-                        deadline,
-                        reply,
-                    });
-                }
-                answer => {
-                    let _ = reply.send(answer);
-                }
-            }
-        }
-    }
-
-    /// A compare-and-set is decided here, on the leader, against its latest appended state.
+    /// A compare-and-set is decided on the leader against its latest appended state.
     /// `Some(reply)`: go ahead and append. `None`: the request was answered (or parked).
     pub fn decide_cas(
         &mut self,
         replica: &Replica,
         key: &[u8],
         expected: Option<i64>,
-        timeout: Duration,
+        now_ms: i64,
+        timeout_ms: i64,
         reply: WriteReply,
     ) -> Option<WriteReply> {
-        if replica.role() != RoleKind::Leader {
-            let (leader, leader_epoch) = leader_hint(replica);
-            let _ = reply.send(Err(ProduceError::NotLeader {
-                leader,
-                leader_epoch,
+        match self
+            .replica
+            .decide_cas(replica, key, expected, now_ms, timeout_ms, reply)
+        {
+            CasDecision::Append(reply) => Some(reply),
+            CasDecision::Answered(reply, error) => {
+                let _ = reply.send(Err(error));
+                None
             }
-            .into()));
-            return None;
+            CasDecision::Parked => None,
         }
-        let check = self.table.cas_check(key);
-        if check.current == expected {
-            return Some(reply);
-        }
-        match check.uncommitted_until {
-            Some(commit_offset) if commit_offset > self.table.applied_offset() => {
-                self.parked_mismatches.push(ParkedMismatch {
-                    current: check.current,
-                    commit_offset,
-                    leader_epoch: replica.leader_epoch(),
-                    deadline: Instant::now() + timeout,
-                    reply,
-                });
-            }
-            _ => {
-                let _ = reply.send(Err(TableWriteError::CasMismatch {
-                    current: check.current,
-                }));
-            }
-        }
-        None
     }
 
     /// A read: answered now, or parked until the replica catches up or `wait` runs out.
+    #[allow(clippy::too_many_arguments)]
     pub fn read(
         &mut self,
         replica: &Replica,
         query: TableQuery,
         consistency: Consistency,
         has_lease: bool,
+        now_ms: i64,
         wait: Duration,
         reply: ReadReply,
     ) {
-        match self.try_read(replica, &query, consistency, has_lease) {
-            Err(TableReadError::Read(e))
-                if e.may_wait() && matches!(consistency, Consistency::AtLeast(_)) =>
-            {
-                if wait.is_zero() {
-                    let _ = reply.send(Err(e.into()));
-                } else {
-                    self.parked_reads.push(ParkedRead {
-                        query,
-                        consistency,
-                        has_lease,
-                        deadline: Instant::now() + wait,
-                        reply,
-                    });
-                }
-            }
-            answer => {
-                let _ = reply.send(answer);
-            }
-        }
-    }
-
-    fn try_read(
-        &self,
-        replica: &Replica,
-        query: &TableQuery,
-        consistency: Consistency,
-        has_lease: bool,
-    ) -> Result<ReadAnswer, TableReadError> {
-        if let Some(reason) = replica.failure() {
-            return Err(TableReadError::Storage(reason.to_string()));
-        }
-        let local = replica.local_log();
-        let is_leader = replica.role() == RoleKind::Leader;
-        let view = ReadView {
-            is_leader,
+        let wait_ms = wait.as_millis() as i64;
+        if let Some((reply, answer)) = self.replica.read(
+            replica,
+            query,
+            consistency,
             has_lease,
-            high_watermark: self.table.applied_offset(),
-            epoch_start_offset: is_leader.then(|| replica.epoch_start_offset()).flatten(),
-            leader_log_end_offset: if is_leader {
-                Some(local.log_end_offset())
-            } else {
-                self.leader_log_end_offset
-            },
-            ms_since_caught_up: if is_leader {
-                Some(0)
-            } else {
-                self.caught_up
-                    .filter(|(epoch, _)| *epoch == replica.leader_epoch())
-                    .map(|(_, at)| at.elapsed().as_millis() as i64)
-            },
-            log_start_offset: local.log_start_offset(),
-            epochs: local.epochs(),
-        };
-        read::check(consistency, &view)?;
-        let token = read::read_token(&view);
-        let (entries, next) = match query {
-            TableQuery::Get { key } => (
-                self.table
-                    .get(key)
-                    .map(|e| (key.clone(), e.clone()))
-                    .into_iter()
-                    .collect(),
-                None,
-            ),
-            TableQuery::Scan {
-                prefix,
-                from,
-                to,
-                limit,
-            } => {
-                let page = self.table.scan(prefix, from, to.as_deref(), *limit);
-                (page.entries, page.next)
-            }
-        };
-        Ok(ReadAnswer {
-            entries,
-            next,
-            token,
-        })
+            now_ms,
+            wait_ms,
+            reply,
+        ) {
+            let _ = reply.send(answer);
+        }
     }
 
     /// Checkpoints the table if it is time: flush the log first, so that after a crash the
     /// log still holds every offset the snapshot covers (and its epoch can be checked).
     pub fn maybe_snapshot(&mut self, replica: &Replica, log: &dyn Log, force: bool) {
-        let applied = self.table.applied_offset();
+        let applied = self.replica.table().applied_offset();
         let due = force || self.last_snapshot.elapsed() >= SNAPSHOT_INTERVAL;
-        if !due || applied == self.snapshot_applied || self.needs_rebuild {
+        if !due || applied == self.snapshot_applied {
             return;
         }
         self.last_snapshot = Instant::now();
@@ -423,8 +146,9 @@ impl TableRuntime {
             warn!(error = %e, "flush before the table snapshot failed; no snapshot");
             return;
         }
-        let last_epoch = replica.local_log().epochs().epoch_for_offset(applied - 1);
-        let bytes = snapshot::encode(&self.table, last_epoch);
+        let Some(bytes) = self.replica.snapshot(replica) else {
+            return; // waiting to be rebuilt
+        };
         let path = self.snapshot_path.clone();
         // The write is the slow part; the partition thread goes on meanwhile.
         let written = std::thread::Builder::new()
@@ -446,66 +170,36 @@ impl TableRuntime {
 
     /// The replica stops: whoever waits is told.
     pub fn shut_down(&mut self) {
-        for parked in self.parked_reads.drain(..) {
-            let _ = parked
-                .reply
-                .send(Err(TableReadError::Storage("the replica stopped".into())));
-        }
-        for parked in self.parked_mismatches.drain(..) {
-            let _ = parked.reply.send(Err(
-                ProduceError::Storage("the replica stopped".into()).into()
-            ));
+        send_all(self.replica.shut_down());
+    }
+}
+
+/// The answer for a table request sent to a partition that is not a table's (the node checks
+/// first; this covers a race with a topic deletion).
+pub fn not_a_table_write(topic: &str) -> TableWriteError {
+    warn!(topic, "a table write reached a replica of a log");
+    ProduceError::InvalidRequest("the topic is not a table").into()
+}
+
+pub fn not_a_table_read(topic: &str) -> TableReadError {
+    TableReadError::Storage(format!("{topic} is not a table"))
+}
+
+fn send_all(answers: Vec<Answer<WriteReply, ReadReply>>) {
+    for answer in answers {
+        match answer {
+            Answer::Write(reply, result) => {
+                let _ = reply.send(result);
+            }
+            Answer::Read(reply, result) => {
+                let _ = reply.send(result);
+            }
         }
     }
 }
 
-fn leader_hint(replica: &Replica) -> (Option<i32>, i32) {
-    replica
-        .partition()
-        .map_or((None, -1), |p| (p.leader, p.leader_epoch))
-}
-
-/// Applies the log from the table's applied offset to its end: below `high_watermark`
-/// committed, above it waiting.
-fn replay(log: &dyn Log, table: &mut Table, high_watermark: i64) -> Result<(), StorageError> {
-    let end = log.log_end_offset();
-    let mut offset = table.applied_offset().max(log.log_start_offset());
-    while offset < end {
-        let bytes = log.read(offset, REPLAY_CHUNK)?;
-        if bytes.is_empty() {
-            break;
-        }
-        let mut next = offset;
-        for item in tandem_storage::batch::split_batches(&bytes) {
-            match item {
-                Ok((header, _)) => next = next.max(header.next_offset()),
-                Err(source) => {
-                    warn!(offset, error = %source, "a damaged batch stops the table's replay");
-                    return Err(StorageError::InvalidBatch {
-                        position: 0,
-                        source,
-                    });
-                }
-            }
-        }
-        match decode_writes(&bytes) {
-            Ok(writes) => table.append(writes),
-            Err(e) => {
-                warn!(offset, error = %e, "a batch in a table's log is not a table write; skipped")
-            }
-        }
-        if next <= offset {
-            break;
-        }
-        offset = next;
-    }
-    table.commit_to(high_watermark.min(end));
-    Ok(())
-}
-
-/// The snapshot at `path`, if it exists, decodes, and still agrees with the log: the log
-/// holds every offset it covers, with the same epoch at its last one.
-fn read_snapshot(path: &Path, log: &dyn Log) -> Option<Table> {
+/// The snapshot at `path`, if it exists, decodes, and still agrees with the log.
+fn read_snapshot(path: &Path, log: &dyn Log) -> Option<tandem_table::Table> {
     let bytes = match std::fs::read(path) {
         Ok(bytes) => Bytes::from(bytes),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return None,
@@ -514,37 +208,26 @@ fn read_snapshot(path: &Path, log: &dyn Log) -> Option<Table> {
             return None;
         }
     };
-    let snapshot = match snapshot::decode(&bytes) {
+    let decoded = match snapshot::decode(&bytes) {
         Ok(snapshot) => snapshot,
         Err(e) => {
             warn!(path = %path.display(), error = %e, "table snapshot discarded; replaying the log");
             return None;
         }
     };
-    let offsets = log.offsets();
-    let covered = snapshot.applied <= offsets.log_end_offset
-        && snapshot.applied >= offsets.log_start_offset
-        && match snapshot.last_epoch {
-            None => snapshot.applied <= offsets.log_start_offset,
-            Some(epoch) => {
-                let mut cache = tandem_storage::EpochCache::new();
-                for entry in log.epochs() {
-                    let _ = cache.assign(entry.epoch, entry.start_offset);
-                }
-                cache.epoch_for_offset(snapshot.applied - 1) == Some(epoch)
-            }
-        };
-    if !covered {
+    let applied = decoded.applied;
+    let restored = restore(decoded, log);
+    if restored.is_none() {
+        let offsets = log.offsets();
         warn!(
             path = %path.display(),
-            applied = snapshot.applied,
+            applied,
             log_start = offsets.log_start_offset,
             log_end = offsets.log_end_offset,
             "table snapshot no longer matches the log; replaying the log"
         );
-        return None;
     }
-    Some(snapshot.into_table())
+    restored
 }
 
 /// Temp file, fsync, rename, fsync of the directory.
