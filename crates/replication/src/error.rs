@@ -76,6 +76,22 @@ impl ProduceError {
                 | ProduceError::NotLeaderAfterAppend { .. }
         )
     }
+
+    /// Who leads now and in which epoch, when the error names them (for the client's retry).
+    pub fn leader_hint(&self) -> (Option<NodeId>, Option<i32>) {
+        match self {
+            ProduceError::NotLeader {
+                leader,
+                leader_epoch,
+            }
+            | ProduceError::NotLeaderAfterAppend {
+                leader,
+                leader_epoch,
+                ..
+            } => (*leader, Some(*leader_epoch)),
+            _ => (None, None),
+        }
+    }
 }
 
 /// Why a fetch or an offset lookup failed.

@@ -10,7 +10,6 @@ use tandem_protocol::{
     encode_response, encode_tandem_response, Request, TandemRequest, TandemResponse,
 };
 use tandem_replication::types::{self, Acks, Durability};
-use tandem_replication::ProduceError;
 use tracing::warn;
 
 use crate::listener::Services;
@@ -169,18 +168,7 @@ async fn tandem(
                     leader_epoch: None,
                 },
                 Err(e) => {
-                    let (leader_hint, leader_epoch) = match &e {
-                        ProduceError::NotLeader {
-                            leader,
-                            leader_epoch,
-                        }
-                        | ProduceError::NotLeaderAfterAppend {
-                            leader,
-                            leader_epoch,
-                            ..
-                        } => (*leader, Some(*leader_epoch)),
-                        _ => (None, None),
-                    };
+                    let (leader_hint, leader_epoch) = e.leader_hint();
                     TandemResponse::Produce {
                         error_code: produce_error_code(&e),
                         base_offset: -1,

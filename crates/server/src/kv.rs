@@ -104,18 +104,7 @@ pub async fn write(
             message: TableWriteError::CasMismatch { current }.to_string(),
         },
         Err(TableWriteError::Produce(e)) => {
-            let (leader_hint, leader_epoch) = match &e {
-                ProduceError::NotLeader {
-                    leader,
-                    leader_epoch,
-                }
-                | ProduceError::NotLeaderAfterAppend {
-                    leader,
-                    leader_epoch,
-                    ..
-                } => (*leader, Some(*leader_epoch)),
-                _ => (None, None),
-            };
+            let (leader_hint, leader_epoch) = e.leader_hint();
             // Unlike Kafka's codes, a table write says plainly when it may have happened.
             let error_code = match &e {
                 ProduceError::NotLeaderAfterAppend { .. }
