@@ -748,6 +748,14 @@ fn print_banner(dev: &Dev, shown_dir: &Path, reused: bool, no_restart: bool) {
     );
     let _ = writeln!(out, "  seq 1 10 | tandem produce events");
     let _ = writeln!(out, "  tandem consume events --from-beginning");
+    let _ = writeln!(
+        out,
+        "  tandem topic create users --config tandem.kind=table && tandem kv put users alice admin"
+    );
+    let _ = writeln!(
+        out,
+        "  tandem kv get users alice --consistency linearizable"
+    );
     let _ = writeln!(out, "  tandem status");
     let _ = writeln!(
         out,
