@@ -430,35 +430,7 @@ pub fn spawn_server(
     voters: &str,
     restart: bool,
 ) -> Child {
-    let path = dir.join(format!("node-{id}.log"));
-    let mut log = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .truncate(false)
-        .open(&path)
-        .unwrap();
-    if restart {
-        let _ = writeln!(log, "===== test harness: node {id} restarted =====");
-    }
-    Command::new(env!("CARGO_BIN_EXE_tandem"))
-        .args([
-            "server",
-            "--id",
-            &id.to_string(),
-            "--listen",
-            address,
-            "--voters",
-            voters,
-            "--admin-listen",
-            admin_address,
-        ])
-        .arg("--data-dir")
-        .arg(dir.join(format!("node-{id}")))
-        .env("TANDEM_LOG", "info,openraft=warn")
-        .stdout(Stdio::null())
-        .stderr(log)
-        .spawn()
-        .expect("start tandem server")
+    start_server(dir, id, address, admin_address, voters, restart, &[])
 }
 
 /// `spawn_server` of a restarted node, with extra `tandem server` flags.
@@ -470,16 +442,32 @@ pub fn spawn_server_with_args(
     voters: &str,
     extra: &[&str],
 ) -> Child {
+    start_server(dir, id, address, admin_address, voters, true, extra)
+}
+
+fn start_server(
+    dir: &Path,
+    id: i32,
+    address: &str,
+    admin_address: &str,
+    voters: &str,
+    restart: bool,
+    extra: &[&str],
+) -> Child {
     let path = dir.join(format!("node-{id}.log"));
     let mut log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
         .open(&path)
         .unwrap();
-    let _ = writeln!(
-        log,
-        "===== test harness: node {id} restarted with {extra:?} ====="
-    );
+    if restart {
+        let with = if extra.is_empty() {
+            String::new()
+        } else {
+            format!(" with {extra:?}")
+        };
+        let _ = writeln!(log, "===== test harness: node {id} restarted{with} =====");
+    }
     Command::new(env!("CARGO_BIN_EXE_tandem"))
         .args([
             "server",
