@@ -10,6 +10,7 @@
 //!  counters       what the active controller did (elections, fencings, ISR changes), for metrics
 //!  lease          LeaderLease: the partition leader's side of rule 8
 //!  raft_types     openraft type configuration
+//!  raft_runtime   openraft's runtime: tokio, with election timeouts a simulator can seed
 //!  log_store      the Raft log and vote on a tandem-storage log
 //!  state_machine  applies committed batches; snapshots are the whole metadata
 //!  rpc            ControllerRequest / ControllerResponse (postcard), for the server to carry
@@ -26,6 +27,7 @@ pub mod log_store;
 pub mod model;
 pub mod network;
 pub mod node;
+pub mod raft_runtime;
 pub mod raft_types;
 pub mod rpc;
 pub mod state_machine;

@@ -18,6 +18,7 @@ openraft::declare_raft_types!(
         NodeId = u64,
         Node = BasicNode,
         SnapshotData = Cursor<Vec<u8>>,
+        AsyncRuntime = crate::raft_runtime::ControllerRuntime,
 );
 
 /// The result of applying one committed entry. A refused batch changed nothing, on every voter.

@@ -21,6 +21,10 @@ pub enum DurabilityMode {
 pub struct SimConfig {
     pub seed: u64,
     pub nodes: i32,
+    /// Controller voters, in the processes of nodes 1..=voters.
+    pub voters: i32,
+    /// The controller's Raft snapshots after this many entries (and purges its log).
+    pub raft_snapshot_after_entries: u64,
     pub partitions: u32,
     pub replication_factor: u16,
     pub min_insync_replicas: u16,
@@ -47,9 +51,8 @@ pub struct FaultMix {
     pub clean_restart_every_ms: i64,
     pub corrupt_every_ms: i64,
     pub slow_every_ms: i64,
+    /// Kill the node whose voter is the active controller.
     pub controller_failover_every_ms: i64,
-    /// Time from a controller decision to its commit.
-    pub max_commit_delay_ms: i64,
     /// Node clocks run at 1 ± this (parts per thousand).
     pub clock_skew_permille: i64,
 }
@@ -94,12 +97,15 @@ impl SimConfig {
             corrupt_every_ms: every(&mut rng, 0.25, 1500, 8000),
             slow_every_ms: every(&mut rng, 0.4, 500, 4000),
             controller_failover_every_ms: every(&mut rng, 0.4, 1000, 6000),
-            max_commit_delay_ms: *rng.pick(&[0, 2, 10, 40]),
             clock_skew_permille: *rng.pick(&[0, 0, 10, 50]),
         };
+        let voters = if nodes == 5 && rng.chance(0.3) { 5 } else { 3 };
+        let raft_snapshot_after_entries = *rng.pick(&[8, 40, 1000]);
         SimConfig {
             seed,
             nodes,
+            voters,
+            raft_snapshot_after_entries,
             partitions,
             replication_factor: 3,
             min_insync_replicas,
@@ -116,10 +122,12 @@ impl SimConfig {
     pub fn describe(&self) -> String {
         let f = &self.faults;
         format!(
-            "{} nodes, {} partition(s), RF {}, min.insync {}, {:?}; drop {:.3} dup {:.3} latency<={}ms \
+            "{} nodes ({} voters, Raft snapshot every {} entries), {} partition(s), RF {}, min.insync {}, {:?}; drop {:.3} dup {:.3} latency<={}ms \
              every(ms): partition {} crash {} power-loss {} wipe {} clean-restart {} corrupt {} slow {} \
-             controller-failover {}; commit delay<={}ms, clock skew {}‰",
+             controller-failover {}; clock skew {}‰",
             self.nodes,
+            self.voters,
+            self.raft_snapshot_after_entries,
             self.partitions,
             self.replication_factor,
             self.min_insync_replicas,
@@ -135,7 +143,6 @@ impl SimConfig {
             f.corrupt_every_ms,
             f.slow_every_ms,
             f.controller_failover_every_ms,
-            f.max_commit_delay_ms,
             f.clock_skew_permille,
         )
     }

@@ -7,8 +7,8 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use tandem_controller::{
-    AlterPartitionRequest, ControllerError, HeartbeatReply, HeartbeatRequest, Metadata,
-    PartitionState as ControllerPartition, RegisterReply, RegisterRequest,
+    AlterPartitionRequest, ControllerError, CreateTopicRequest, HeartbeatReply, HeartbeatRequest,
+    Metadata, PartitionState as ControllerPartition, RegisterReply, RegisterRequest,
 };
 use tandem_replication::{
     Acks, FetchData, FetchId, FetchRequest, NodeId, ProduceError, ProduceOk, ProduceRequest,
@@ -21,7 +21,8 @@ pub type Part = u32;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Endpoint {
-    Controller,
+    /// The controller voter in node `n`'s process.
+    Voter(NodeId),
     Node(NodeId),
     /// Every client (producers and consumers) sits behind this one endpoint.
     Clients,
@@ -30,7 +31,7 @@ pub enum Endpoint {
 impl std::fmt::Display for Endpoint {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Endpoint::Controller => write!(f, "C"),
+            Endpoint::Voter(n) => write!(f, "v{n}"),
             Endpoint::Node(n) => write!(f, "n{n}"),
             Endpoint::Clients => write!(f, "clients"),
         }
@@ -55,6 +56,18 @@ pub enum Payload {
         leader_epoch: i32,
         flushed_offset: i64,
     },
+    // ---- between controller voters: postcard bytes, as over TCP ----
+    VoterCall {
+        call: u64,
+        request: Bytes,
+    },
+    /// `None`: the voter is down (connection refused).
+    VoterCallReply {
+        call: u64,
+        response: Option<Bytes>,
+    },
+    /// The admin client creates the topic.
+    CreateTopic(CreateTopicRequest),
     // ---- node <-> controller ----
     Register(RegisterRequest),
     RegisterReply(Result<RegisterReply, ControllerError>),
@@ -171,6 +184,17 @@ impl Payload {
             } => {
                 format!("FlushReport p{part} epoch {leader_epoch} flushed {flushed_offset}")
             }
+            Payload::VoterCall { call, request } => {
+                format!(
+                    "VoterCall #{call} {}",
+                    crate::controller::describe_call(request)
+                )
+            }
+            Payload::VoterCallReply { call, response } => format!(
+                "VoterCallReply #{call} {}",
+                crate::controller::describe_reply(response)
+            ),
+            Payload::CreateTopic(r) => format!("CreateTopic {}", r.name),
             Payload::Register(r) => format!("Register clean={}", r.previous_shutdown_clean),
             Payload::RegisterReply(r) => {
                 format!("RegisterReply {:?}", r.as_ref().map(|r| r.incarnation))

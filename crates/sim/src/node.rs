@@ -97,6 +97,11 @@ pub struct Process {
     /// Each follower replica's fetch in flight, so that a crash of its leader fails it.
     pub fetches_out: BTreeMap<Part, (NodeId, FetchId)>,
     clock: Arc<ManualClock>,
+    /// The voter this process believes is the active controller (followed from the
+    /// controller's hints; the next voter after silence).
+    controller: NodeId,
+    /// Local time of the oldest request to the controller still without an answer.
+    controller_asked_at: Option<i64>,
 }
 
 pub struct Slot {
@@ -152,6 +157,11 @@ impl Node {
     /// This node's monotonic clock at global virtual time `now`.
     pub fn local_ms(&self, now: i64) -> i64 {
         self.offset_ms + now * self.rate_permille / 1000
+    }
+
+    /// How fast this node's clock runs, in parts per thousand of virtual time.
+    pub fn rate_permille(&self) -> i64 {
+        self.rate_permille
     }
 
     /// Global time after `local` ms of this node's clock.
@@ -241,6 +251,16 @@ pub fn partition_state(meta: &Metadata, topic_id: TopicId, part: Part) -> Option
     })
 }
 
+/// The voter after `current`, in id order, wrapping around.
+fn next_voter(voters: &[NodeId], current: NodeId) -> NodeId {
+    voters
+        .iter()
+        .copied()
+        .find(|v| *v > current)
+        .or_else(|| voters.first().copied())
+        .unwrap_or(current)
+}
+
 fn isr_error(e: ControllerError) -> IsrChangeError {
     match e {
         ControllerError::FencedLeaderEpoch { .. } => IsrChangeError::FencedLeaderEpoch,
@@ -254,6 +274,37 @@ fn isr_error(e: ControllerError) -> IsrChangeError {
 impl World {
     fn process_mut(&mut self, node: NodeId) -> Option<&mut Process> {
         self.nodes.get_mut(&node)?.process.as_mut()
+    }
+
+    /// Where node `id` sends its controller requests: the voter it believes is active.
+    fn controller_of(&self, id: NodeId) -> Endpoint {
+        let voter = self
+            .nodes
+            .get(&id)
+            .and_then(|n| n.process.as_ref())
+            .map_or(1, |p| p.controller);
+        Endpoint::Voter(voter)
+    }
+
+    /// Follows the controller's answers: any answer from the active controller is news of it;
+    /// "not the controller" names the one to ask (or none: try the next voter).
+    fn controller_answered(&mut self, id: NodeId, error: Option<&ControllerError>) {
+        let voters = self.controller.voter_ids();
+        let Some(p) = self.process_mut(id) else {
+            return;
+        };
+        match error {
+            Some(ControllerError::NotController { leader_hint }) => {
+                p.controller_asked_at = None;
+                p.controller = match leader_hint {
+                    Some(hint) if voters.contains(&(*hint as NodeId)) => *hint as NodeId,
+                    _ => next_voter(&voters, p.controller),
+                };
+            }
+            // The new active controller catching up, or a commit that timed out: stay.
+            Some(ControllerError::Unavailable(_)) => {}
+            _ => p.controller_asked_at = None,
+        }
     }
 
     fn local_now(&self, node: NodeId) -> i64 {
@@ -273,7 +324,9 @@ impl World {
         }
         node.generation += 1;
         let generation = node.generation;
-        let clock = Arc::new(ManualClock::new(node.local_ms(now)));
+        let local = node.local_ms(now);
+        let clock = Arc::new(ManualClock::new(local));
+        let controller = *self.rng.pick(&self.controller.voter_ids());
         node.process = Some(Process {
             generation,
             process_id,
@@ -287,7 +340,12 @@ impl World {
             routes: BTreeMap::new(),
             fetches_out: BTreeMap::new(),
             clock,
+            controller,
+            controller_asked_at: None,
         });
+        if self.controller.is_voter(id) {
+            self.voter_start(id);
+        }
         self.trace(|| format!("n{id} starts (generation {generation})"));
         self.schedule(
             now,
@@ -313,6 +371,7 @@ impl World {
             return;
         };
         let incarnation = process.incarnation;
+        let controller = Endpoint::Voter(process.controller);
         if kind == CrashKind::Clean {
             // A clean shutdown flushes the logs and checkpoints every table (as the server's
             // partition threads do when they stop).
@@ -356,6 +415,7 @@ impl World {
             }
         }
         self.trace(|| format!("n{id} {kind:?}"));
+        self.voter_crash(id, kind);
         // Its connections close: followers' fetches to it fail at once, and the controller
         // may learn that the process exited (fast failover, rule 8).
         let failed: Vec<(NodeId, Part, FetchId)> = self
@@ -376,7 +436,7 @@ impl World {
             if kind == CrashKind::Clean || self.rng.chance(0.5) {
                 self.send(
                     Endpoint::Node(id),
-                    Endpoint::Controller,
+                    controller,
                     None,
                     Payload::NodeStopped {
                         node_id: id,
@@ -525,6 +585,19 @@ impl World {
         let Some(p) = node.process.as_mut() else {
             return;
         };
+        // No answer from the controller for a few heartbeats: try the next voter.
+        if p.controller_asked_at
+            .is_some_and(|at| local - at > 3 * interval)
+        {
+            p.controller_asked_at = None;
+            p.controller = next_voter(&self.controller.voter_ids(), p.controller);
+        }
+        let controller = Endpoint::Voter(p.controller);
+        let registering =
+            p.incarnation.is_none() && p.register_sent_at.is_none_or(|t| now - t >= 500);
+        if p.incarnation.is_some() || registering {
+            p.controller_asked_at.get_or_insert(local);
+        }
         match p.incarnation {
             None => {
                 if p.register_sent_at.is_none_or(|t| now - t >= 500) {
@@ -540,7 +613,7 @@ impl World {
                     };
                     self.send(
                         Endpoint::Node(id),
-                        Endpoint::Controller,
+                        controller,
                         None,
                         Payload::Register(request),
                     );
@@ -572,7 +645,7 @@ impl World {
                 };
                 self.send(
                     Endpoint::Node(id),
-                    Endpoint::Controller,
+                    controller,
                     None,
                     Payload::Heartbeat {
                         request,
@@ -678,6 +751,7 @@ impl World {
                 }
             }
             Payload::RegisterReply(result) => {
+                self.controller_answered(id, result.as_ref().err());
                 let Some(node) = self.nodes.get_mut(&id) else {
                     return;
                 };
@@ -686,13 +760,14 @@ impl World {
                         node.unclean_since_registration = false;
                         node.lost_data_since_registration = false;
                         p.incarnation = Some(reply.incarnation);
+                        let controller = Endpoint::Voter(p.controller);
                         self.trace(|| {
                             format!("n{id} registered as incarnation {}", reply.incarnation)
                         });
                         self.send(
                             Endpoint::Node(id),
-                            Endpoint::Controller,
-                            Some(generation),
+                            controller,
+                            None,
                             Payload::MetadataRequest,
                         );
                     }
@@ -703,6 +778,7 @@ impl World {
                 result,
                 metadata,
             } => {
+                self.controller_answered(id, result.as_ref().err());
                 match result {
                     Ok(reply) => {
                         if let Some(p) = self.process_mut(id) {
@@ -739,6 +815,7 @@ impl World {
                 part,
                 result,
             } => {
+                self.controller_answered(id, result.as_ref().err());
                 let current = self
                     .process_mut(id)
                     .and_then(|p| p.alter.get(&part).copied())
@@ -1322,10 +1399,11 @@ impl World {
                     new_isr,
                     leader_recovered: false,
                 };
+                let controller = self.controller_of(id);
                 self.send(
                     Endpoint::Node(id),
-                    Endpoint::Controller,
-                    Some(generation),
+                    controller,
+                    None,
                     Payload::AlterPartition {
                         request_id,
                         part,
@@ -1340,10 +1418,11 @@ impl World {
                 }
             }
             Action::RefreshMetadata => {
+                let controller = self.controller_of(id);
                 self.send(
                     Endpoint::Node(id),
-                    Endpoint::Controller,
-                    Some(generation),
+                    controller,
+                    None,
                     Payload::MetadataRequest,
                 );
             }

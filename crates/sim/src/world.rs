@@ -4,7 +4,8 @@
 //! ```text
 //!   queue: (virtual ms, sequence) -> Ev      one thread, popped in order
 //!      Deliver(message) ──> node glue (node.rs) ──> Replica::step ──> actions ──> log / send
-//!                      ──> controller (controller.rs): ActiveController decides, commit later
+//!                      ──> controller voters (controller.rs): openraft + ActiveController on
+//!                          paused tokio runtimes, advanced to the world's time
 //!                      ──> clients (workload.rs): producers, consumers, the oracle
 //!      ticks, heartbeats, disk completions, faults, restarts
 //!   after every event: checks::after_step (checks/*.rs); a failure stops the run
@@ -63,12 +64,15 @@ pub enum Ev {
     SlowEnd {
         node: NodeId,
     },
-    ControllerTick,
-    ControllerProcess(Message),
-    ControllerCommit {
-        commit_id: u64,
+    /// Voter `voter` runs the tasks its last delivery made ready.
+    VoterRun {
+        voter: NodeId,
+        generation: u64,
     },
-    ControllerUp,
+    /// Every voter catches up with the world's time.
+    QuorumPoll,
+    /// The admin client creates the topic once every node registered.
+    AdminTick,
     ClientTick,
     FaultDue(FaultKind),
     FaultPhaseEnd,
@@ -141,6 +145,8 @@ pub struct World {
 
 impl World {
     pub fn new(cfg: SimConfig, tracing: bool) -> World {
+        // openraft's election timeouts, drawn on this thread, replay with the seed.
+        tandem_controller::raft_runtime::seed_election_rng(cfg.seed ^ 0xE1EC_7100_0000_0000);
         let mut rng = Rng::new(cfg.seed);
         let nodes = (1..=cfg.nodes)
             .map(|id| (id, Node::new(id, &cfg, &mut rng)))
@@ -198,11 +204,10 @@ impl World {
 
     /// Runs the seed to the end: the fault phase, then the liveness phase.
     pub fn run(&mut self) {
+        self.controller_init();
         for id in 1..=self.cfg.nodes {
             self.restart_node(id);
         }
-        self.schedule(0, Ev::ControllerTick);
-        self.schedule(0, Ev::ControllerUp);
         self.schedule(0, Ev::ClientTick);
         self.schedule(self.cfg.fault_phase_ms, Ev::FaultPhaseEnd);
         let kinds = [
@@ -274,10 +279,9 @@ impl World {
                     n.slow_ms = 0;
                 }
             }
-            Ev::ControllerTick => self.controller_tick(),
-            Ev::ControllerProcess(m) => self.controller_receive(m),
-            Ev::ControllerCommit { commit_id } => self.controller_commit(commit_id),
-            Ev::ControllerUp => self.controller_up(),
+            Ev::VoterRun { voter, generation } => self.voter_run(voter, generation),
+            Ev::QuorumPoll => self.quorum_poll(),
+            Ev::AdminTick => self.admin_tick(),
             Ev::ClientTick => self.client_tick(),
             Ev::FaultDue(kind) => self.fault(kind),
             Ev::FaultPhaseEnd => self.end_faults(),
@@ -330,7 +334,7 @@ impl World {
         };
         for _ in 0..copies {
             let mut latency = self.rng.range(1, max_latency.max(1));
-            if let Endpoint::Node(n) = to {
+            if let Endpoint::Node(n) | Endpoint::Voter(n) = to {
                 latency += self.nodes.get(&n).map_or(0, |n| n.slow_ms);
             }
             let m = Message {
@@ -350,7 +354,12 @@ impl World {
         }
         self.trace(|| format!("{}->{} {}", m.from, m.to, m.payload.describe()));
         match m.to {
-            Endpoint::Controller => self.controller_receive(m),
+            Endpoint::Voter(v) => {
+                if m.to_generation.is_some() && m.to_generation != self.voter_generation(v) {
+                    return; // an answer to a voter process that is gone
+                }
+                self.voter_receive(v, m.from, m.payload)
+            }
             Endpoint::Node(n) => self.node_receive(n, m),
             Endpoint::Clients => self.clients_receive(m),
         }
@@ -427,59 +436,94 @@ impl World {
                 self.next_fault(kind, f.slow_every_ms);
             }
             FaultKind::ControllerFailover => {
-                self.count_fault("controller-failover");
-                self.controller_failover();
+                // The node whose voter is the active controller dies (kill -9): the quorum
+                // elects another, which starts every session afresh.
+                if let Some(active) = self.controller.active() {
+                    if self.is_up(active) {
+                        self.count_fault("controller-failover");
+                        self.crash(active, CrashKind::Kill);
+                    }
+                }
                 self.next_fault(kind, f.controller_failover_every_ms);
             }
         }
     }
 
-    /// Cuts links for a while: one node from everything, a leader from the controller only
-    /// (still reachable by clients and followers), a node from one peer, or one direction only.
+    /// Cuts links for a while: one node (and its voter) from everything, a leader from the
+    /// controller quorum only (still reachable by clients and followers), a node from one
+    /// peer, one direction only, a node from its clients, or the active controller from the
+    /// other voters only (the nodes still reach it).
     fn partition_fault(&mut self) {
         self.count_fault("partition");
         let node = self.rng.range(1, self.cfg.nodes as i64) as NodeId;
-        let me = Endpoint::Node(node);
+        let mine = self.host_endpoints(node);
+        let others: Vec<Endpoint> = self
+            .endpoints()
+            .into_iter()
+            .filter(|e| !mine.contains(e) && *e != Endpoint::Clients)
+            .collect();
         let mut cuts: Vec<(Endpoint, Endpoint)> = Vec::new();
-        match self.rng.range(0, 4) {
+        let both = |cuts: &mut Vec<(Endpoint, Endpoint)>, a: Endpoint, b: Endpoint| {
+            cuts.push((a, b));
+            cuts.push((b, a));
+        };
+        match self.rng.range(0, 5) {
             0 => {
-                for other in self.endpoints() {
-                    if other != me && other != Endpoint::Clients {
-                        cuts.push((me, other));
-                        cuts.push((other, me));
+                for &me in &mine {
+                    for &other in &others {
+                        both(&mut cuts, me, other);
                     }
                 }
             }
             1 => {
-                // A leader cut off from the controller but not from clients (a zombie).
+                // A leader cut off from the controller but not from clients (a zombie): from
+                // every voter, its own voter from the others too.
                 let leader = self
                     .controller
                     .metadata
                     .partitions()
                     .find_map(|(_, _, p)| p.leader)
-                    .map_or(me, Endpoint::Node);
-                cuts.push((leader, Endpoint::Controller));
-                cuts.push((Endpoint::Controller, leader));
+                    .unwrap_or(node);
+                let voters = self.controller.voter_ids();
+                for v in voters.iter().filter(|v| **v != leader) {
+                    both(&mut cuts, Endpoint::Node(leader), Endpoint::Voter(*v));
+                    if self.controller.is_voter(leader) {
+                        both(&mut cuts, Endpoint::Voter(leader), Endpoint::Voter(*v));
+                    }
+                }
             }
             2 => {
                 let other = self.rng.range(1, self.cfg.nodes as i64) as NodeId;
                 if other != node {
-                    cuts.push((me, Endpoint::Node(other)));
-                    cuts.push((Endpoint::Node(other), me));
+                    for me in &mine {
+                        for them in self.host_endpoints(other) {
+                            both(&mut cuts, *me, them);
+                        }
+                    }
                 }
             }
             3 => {
                 // Asymmetric: the node hears everyone, nobody hears it (or the reverse).
                 let outgoing = self.rng.chance(0.5);
-                for other in self.endpoints() {
-                    if other != me && other != Endpoint::Clients {
+                for &me in &mine {
+                    for &other in &others {
                         cuts.push(if outgoing { (me, other) } else { (other, me) });
                     }
                 }
             }
+            4 => {
+                // The active controller loses the other voters but not the nodes: it must
+                // stop deciding (its leases lapse) while a new one is elected.
+                if let Some(active) = self.controller.active() {
+                    for v in self.controller.voter_ids() {
+                        if v != active {
+                            both(&mut cuts, Endpoint::Voter(active), Endpoint::Voter(v));
+                        }
+                    }
+                }
+            }
             _ => {
-                cuts.push((Endpoint::Clients, me));
-                cuts.push((me, Endpoint::Clients));
+                both(&mut cuts, Endpoint::Clients, Endpoint::Node(node));
             }
         }
         let heal_at = self.now + self.rng.range(200, 3_000);
@@ -490,9 +534,18 @@ impl World {
         }
     }
 
+    /// The endpoints in node `n`'s process: the node, and its voter if it has one.
+    fn host_endpoints(&self, n: NodeId) -> Vec<Endpoint> {
+        let mut mine = vec![Endpoint::Node(n)];
+        if self.controller.is_voter(n) {
+            mine.push(Endpoint::Voter(n));
+        }
+        mine
+    }
+
     fn endpoints(&self) -> Vec<Endpoint> {
         let mut all: Vec<Endpoint> = self.nodes.keys().map(|n| Endpoint::Node(*n)).collect();
-        all.push(Endpoint::Controller);
+        all.extend(self.controller.voter_ids().into_iter().map(Endpoint::Voter));
         all.push(Endpoint::Clients);
         all
     }
@@ -500,7 +553,8 @@ impl World {
     /// A fault that loses data on one node (power loss without fsync, a wiped disk, a cut
     /// corrupt tail) is only allowed while every node is up, registered as its current
     /// incarnation, and in every ISR: then every committed record is on every other replica.
-    /// acks=all promises nothing beyond that. See docs/simulation.md.
+    /// acks=all promises nothing beyond that. Every controller voter must be in the quorum too
+    /// (a wipe takes the node's voter with it). See docs/simulation.md.
     fn lossy_fault_allowed(&self) -> bool {
         // With topic flush `Always` the controller keeps an uncleanly restarted node in the
         // ELR, trusting that it lost nothing; a wiped disk or a cut corrupt tail breaks that
@@ -514,6 +568,7 @@ impl World {
         });
         let topics_exist = !meta.topics.is_empty();
         all_registered
+            && self.controller.voters_healthy()
             && topics_exist
             && meta
                 .partitions()
@@ -536,9 +591,6 @@ impl World {
         }
         for n in self.nodes.values_mut() {
             n.slow_ms = 0;
-        }
-        if !self.controller.is_active() {
-            self.schedule(self.now, Ev::ControllerUp);
         }
         self.clients.liveness_started(self.now);
         self.schedule(self.now + 100, Ev::LivenessCheck);

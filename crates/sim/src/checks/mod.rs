@@ -8,12 +8,14 @@
 //! other checks compare against.
 
 pub mod acked_writes;
+pub mod controller_agreement;
 pub mod epochs_monotonic;
 pub mod hw_monotonic;
 pub mod hw_within_isr;
 pub mod liveness;
 pub mod logs_agree;
 pub mod no_duplicates;
+pub mod raft_votes;
 pub mod reads_below_hw;
 pub mod session_reads;
 pub mod single_leader;
@@ -83,6 +85,10 @@ pub struct CheckState {
     pub table_writes: session_reads::CommittedWrites,
     /// What each replica slot's table showed when last compared with its log.
     pub tables: table_matches_log::Compared,
+    /// Each controller voter's latest Raft vote.
+    pub raft_votes: BTreeMap<NodeId, tandem_controller::raft_types::Vote>,
+    /// Metadata version -> (the first voter seen at it, its metadata).
+    pub metadata_versions: BTreeMap<u64, (NodeId, std::sync::Arc<tandem_controller::Metadata>)>,
 }
 
 impl CheckState {
