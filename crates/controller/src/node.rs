@@ -486,7 +486,13 @@ impl ControllerNode {
                 leader_hint: metrics.current_leader.filter(|l| *l != self.id),
             });
         }
-        if *self.caught_up_term.lock() != Some(metrics.current_term) {
+        #[cfg(not(feature = "mutation-decide-before-barrier"))]
+        let caught_up = *self.caught_up_term.lock() == Some(metrics.current_term);
+        // The bug this replaced: an entry of its own term applied counts as caught up.
+        #[cfg(feature = "mutation-decide-before-barrier")]
+        let caught_up =
+            metrics.last_applied.map(|l| l.leader_id.term) == Some(metrics.current_term);
+        if !caught_up {
             return Err(ControllerError::Unavailable(
                 "the new active controller is catching up".into(),
             ));

@@ -526,6 +526,7 @@ impl World {
                 ));
                 return;
             }
+            self.stats.raft_terms = self.stats.raft_terms.max(vote.leader_id.term);
             if let Err(violation) = checks::raft_votes::check(&mut self.checks, v, vote) {
                 self.fail(violation);
                 return;

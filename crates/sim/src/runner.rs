@@ -123,6 +123,9 @@ pub struct Summary {
     pub reads: u64,
     pub faults: BTreeMap<&'static str, u64>,
     pub offline_by_design: u64,
+    /// Raft terms the controller quorum went through, and partition leader elections.
+    pub raft_terms: u64,
+    pub elections: u64,
     pub kv_ops: u64,
     pub kv_reads: u64,
     pub kv_checked: u64,
@@ -174,6 +177,8 @@ pub fn run_many(first: u64, limit: Limit, jobs: usize, keep_going: bool) -> Summ
                 s.acked_all += r.stats.acked_all;
                 s.reads += r.stats.reads;
                 s.offline_by_design += u64::from(r.stats.offline_by_design);
+                s.raft_terms += r.stats.raft_terms;
+                s.elections += r.stats.elections;
                 s.kv_ops += r.stats.kv_ops;
                 s.kv_reads += r.stats.kv_reads;
                 s.kv_checked += r.stats.kv_checked;
@@ -207,7 +212,8 @@ pub fn format_summary(s: &Summary) -> String {
     format!(
         "{} seeds in {:.1} s: {:.2} seeds/s, {:.0} events/s, {:.0}x virtual time; {} acks=all acknowledged, \
          {} reads; table: {} operations, {} reads answered, {} checked for linearizability \
-         ({} seeds without a verdict), {} snapshots restored, {} discarded; faults: {}; offline by design: {}; failures: {}",
+         ({} seeds without a verdict), {} snapshots restored, {} discarded; controller: {} Raft terms, \
+         {} partition elections; faults: {}; offline by design: {}; failures: {}",
         s.seeds,
         secs,
         s.seeds as f64 / secs,
@@ -221,6 +227,8 @@ pub fn format_summary(s: &Summary) -> String {
         s.lincheck_unknown,
         s.snapshots_loaded,
         s.snapshots_discarded,
+        s.raft_terms,
+        s.elections,
         faults.join(", "),
         s.offline_by_design,
         s.failures.len()

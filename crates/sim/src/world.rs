@@ -102,6 +102,8 @@ pub struct Stats {
     pub reads: u64,
     pub faults: BTreeMap<&'static str, u64>,
     pub elections: u64,
+    /// The highest Raft term any controller voter reached.
+    pub raft_terms: u64,
     pub offline_by_design: bool,
     /// Table operations issued, reads answered, and operations in the checked history.
     pub kv_ops: u64,
@@ -442,6 +444,12 @@ impl World {
                     if self.is_up(active) {
                         self.count_fault("controller-failover");
                         self.crash(active, CrashKind::Kill);
+                        // Half come back at once, before the other voters' election timeout:
+                        // openraft restores such a voter as leader of its old term.
+                        if self.rng.chance(0.5) {
+                            let back = self.now + self.rng.range(5, 150);
+                            self.schedule(back, Ev::Restart { node: active });
+                        }
                     }
                 }
                 self.next_fault(kind, f.controller_failover_every_ms);
