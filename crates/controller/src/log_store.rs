@@ -99,7 +99,7 @@ struct LogIds {
     last_log_id: Option<LogId>,
 }
 
-fn read_checkpoint<D: Directory, T: serde::de::DeserializeOwned>(
+pub(crate) fn read_checkpoint<D: Directory, T: serde::de::DeserializeOwned>(
     dir: &D,
     file: &str,
 ) -> Result<Option<T>, OpenError> {

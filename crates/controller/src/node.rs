@@ -129,12 +129,33 @@ struct RaftStarter<D: Directory, T> {
     state_machine: MetadataStateMachine<D>,
 }
 
-/// A random id for this voter process, sent with its [`ControllerRequest::VoterState`] probes.
-/// Drawn like the election timeouts: from the OS in a server, from the seed in the simulator.
-fn probe_id() -> u64 {
+/// Where a voter keeps its disk id, beside its vote and snapshot.
+const DISK_ID_FILE: &str = "voter-disk-id";
+
+/// The id of this voter's data directory, sent with its [`ControllerRequest::VoterState`]
+/// probes: created (fsynced) the first time the directory is used, so that every process of the
+/// voter over the same disk presents the same id and a wiped disk a new one. A voter that joined
+/// a forming quorum and crashed before it held any Raft state is let in again on restart; a
+/// voter whose disk was wiped is not (it may have voted or acknowledged entries before). Drawn
+/// like the election timeouts: from the OS in a server, from the seed in the simulator.
+fn disk_id<D: Directory>(checkpoints: &D) -> Result<u64, OpenError> {
     use openraft::AsyncRuntime;
     use rand::RngCore;
-    crate::raft_runtime::ControllerRuntime::thread_rng().next_u64()
+    if let Some(id) = crate::log_store::read_checkpoint::<D, u64>(checkpoints, DISK_ID_FILE)? {
+        return Ok(id);
+    }
+    let id = crate::raft_runtime::ControllerRuntime::thread_rng().next_u64();
+    let bytes = postcard::to_allocvec(&id).map_err(|e| OpenError::Corrupt {
+        file: DISK_ID_FILE.into(),
+        reason: e.to_string(),
+    })?;
+    checkpoints
+        .write_atomic(DISK_ID_FILE, &bytes)
+        .map_err(|source| OpenError::Io {
+            file: DISK_ID_FILE.into(),
+            source,
+        })?;
+    Ok(id)
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -171,10 +192,10 @@ pub struct ControllerNode {
     stop: tokio::sync::watch::Sender<bool>,
     /// What this voter did while active, for metrics.
     counters: ControllerCounters,
-    /// Names this process in its start-up probes of the other voters.
+    /// Names this voter's disk in its start-up probes of the other voters (`disk_id`).
     probe_id: u64,
-    /// The voters (with their probe ids) that answered "no state" in the round after which
-    /// this voter formed a new quorum: those very processes may join it.
+    /// The voters (with their disk ids) that answered "no state" in the round after which
+    /// this voter formed a new quorum: voters over those very disks may join it.
     formed_with: parking_lot::Mutex<BTreeMap<RaftNodeId, u64>>,
     /// `None` while a voter without state finds out whether it may run Raft; then Ok, or the
     /// reason it may not.
@@ -213,6 +234,7 @@ impl ControllerNode {
         config.validate()?;
         let checkpoints = Arc::new(checkpoints);
         let mut log_store = RaftLogStore::open(log_dir, checkpoints.clone(), &config.log)?;
+        let probe_id = disk_id(&*checkpoints)?;
         let state_machine = MetadataStateMachine::open(checkpoints)?;
         let log_state = log_store
             .get_log_state()
@@ -252,7 +274,7 @@ impl ControllerNode {
             started: Instant::now(),
             stop,
             counters: ControllerCounters::default(),
-            probe_id: probe_id(),
+            probe_id,
             formed_with: parking_lot::Mutex::new(BTreeMap::new()),
             joined,
             caught_up_term: parking_lot::Mutex::new(None),

@@ -44,7 +44,8 @@ pub enum ControllerRequest {
     },
     /// Between voters, before a voter without Raft state (a new or wiped data directory) runs
     /// Raft: does this voter have state, i.e. does the quorum already exist? `probe_id` names
-    /// the asking process (random per start). See `ControllerNode::start`.
+    /// the asking voter's data directory (random, kept on that disk: the same across restarts,
+    /// new after a wipe). See `ControllerNode::start`.
     VoterState {
         from: RaftNodeId,
         probe_id: u64,
@@ -91,8 +92,8 @@ pub enum VoterState {
     /// No Raft state: this voter is itself still deciding (or new).
     Empty { probe_id: u64 },
     /// This voter runs Raft with a vote or a log: the quorum exists. `formed_with_you`: this
-    /// voter formed the quorum from a round in which the asking process (same probe id)
-    /// answered `Empty`, so the asker never held any Raft state and may join.
+    /// voter formed the quorum from a round in which the asker's disk (same probe id) answered
+    /// `Empty`, and the asker has no state now: it never held any Raft state, and may join.
     HasState { formed_with_you: bool },
 }
 

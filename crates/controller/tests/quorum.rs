@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use tandem_controller::controller::{CreateTopicRequest, HeartbeatRequest, RegisterRequest};
 use tandem_controller::local_network::LocalNetwork;
 use tandem_controller::model::{Endpoint, NodeStatus, TopicConfig, TopicKind};
+use tandem_controller::rpc::VoterState;
 use tandem_controller::{
     ControllerError, ControllerNode, ControllerRequest, ControllerResponse, Metadata, QuorumConfig,
 };
@@ -623,5 +624,43 @@ async fn a_wiped_voter_rejoins_as_a_new_voter() {
     let leader = cluster.wait_for_active().await;
     assert_eq!(cluster.running[&leader].metadata().1.topics.len(), 2);
     alive.store(false, Ordering::SeqCst);
+    cluster.shutdown().await;
+}
+
+/// A voter without Raft state names its disk, not its process, in its start-up probes: a voter
+/// that joined a forming quorum and crashed before holding any state must be let in again
+/// with the same disk (the simulator found a fresh cluster that never formed when the id was
+/// per process), and a wiped disk must look new.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_voter_without_state_presents_the_same_disk_id_after_a_restart() {
+    // Voters 1 and 2 never start: voter 3 keeps probing and never holds Raft state.
+    let mut cluster = Cluster {
+        network: LocalNetwork::new(),
+        voters: (1..=3).map(|id| (id, format!("voter-{id}"))).collect(),
+        running: BTreeMap::new(),
+        dirs: mem_dirs(&[3]),
+        tweak: |_| {},
+    };
+    let probe = |network: LocalNetwork| async move {
+        let request = ControllerRequest::VoterState {
+            from: 1,
+            probe_id: 7,
+        };
+        match network.client().send(3, request).await {
+            Ok(ControllerResponse::VoterState(VoterState::Empty { probe_id })) => probe_id,
+            other => panic!("a voter without state answers Empty: {other:?}"),
+        }
+    };
+    cluster.start_voter(3).await;
+    let first = probe(cluster.network.clone()).await;
+    cluster.kill(3).await;
+    cluster.start_voter(3).await;
+    let restarted = probe(cluster.network.clone()).await;
+    assert_eq!(first, restarted, "same disk, same id");
+    cluster.kill(3).await;
+    cluster.dirs.insert(3, (MemDir::new(), MemDir::new()));
+    cluster.start_voter(3).await;
+    let wiped = probe(cluster.network.clone()).await;
+    assert_ne!(first, wiped, "a wiped disk presents a new id");
     cluster.shutdown().await;
 }

@@ -46,6 +46,9 @@ pub struct FaultMix {
     /// Mean time between fault events of each kind, in ms (0: never).
     pub partition_every_ms: i64,
     pub crash_every_ms: i64,
+    /// Kill a partition's leader (with a quick restart): leader churn, new leaders whose HW
+    /// lags their epoch start, followers catching up across epochs (KAFKA-7128's ground).
+    pub leader_kill_every_ms: i64,
     pub power_loss_every_ms: i64,
     pub wipe_every_ms: i64,
     pub clean_restart_every_ms: i64,
@@ -96,6 +99,7 @@ impl SimConfig {
             clean_restart_every_ms: every(&mut rng, 0.3, 1000, 6000),
             corrupt_every_ms: every(&mut rng, 0.25, 1500, 8000),
             slow_every_ms: every(&mut rng, 0.4, 500, 4000),
+            leader_kill_every_ms: every(&mut rng, 0.3, 300, 1500),
             controller_failover_every_ms: every(&mut rng, 0.4, 1000, 6000),
             clock_skew_permille: *rng.pick(&[0, 0, 10, 50]),
         };
@@ -123,7 +127,7 @@ impl SimConfig {
         let f = &self.faults;
         format!(
             "{} nodes ({} voters, Raft snapshot every {} entries), {} partition(s), RF {}, min.insync {}, {:?}; drop {:.3} dup {:.3} latency<={}ms \
-             every(ms): partition {} crash {} power-loss {} wipe {} clean-restart {} corrupt {} slow {} \
+             every(ms): partition {} crash {} leader-kill {} power-loss {} wipe {} clean-restart {} corrupt {} slow {} \
              controller-failover {}; clock skew {}‰",
             self.nodes,
             self.voters,
@@ -137,6 +141,7 @@ impl SimConfig {
             f.max_latency_ms,
             f.partition_every_ms,
             f.crash_every_ms,
+            f.leader_kill_every_ms,
             f.power_loss_every_ms,
             f.wipe_every_ms,
             f.clean_restart_every_ms,

@@ -83,6 +83,7 @@ pub enum Ev {
 pub enum FaultKind {
     Partition,
     Crash,
+    LeaderKill,
     PowerLoss,
     Wipe,
     CleanRestart,
@@ -215,6 +216,7 @@ impl World {
         let kinds = [
             (FaultKind::Partition, self.cfg.faults.partition_every_ms),
             (FaultKind::Crash, self.cfg.faults.crash_every_ms),
+            (FaultKind::LeaderKill, self.cfg.faults.leader_kill_every_ms),
             (FaultKind::PowerLoss, self.cfg.faults.power_loss_every_ms),
             (FaultKind::Wipe, self.cfg.faults.wipe_every_ms),
             (
@@ -395,6 +397,23 @@ impl World {
                     self.crash(node, CrashKind::Kill);
                 }
                 self.next_fault(kind, f.crash_every_ms);
+            }
+            FaultKind::LeaderKill => {
+                let parts = self.cfg.partitions as i64;
+                let part = self.rng.range(0, parts - 1) as usize;
+                let leader = self
+                    .controller
+                    .metadata
+                    .partitions()
+                    .nth(part)
+                    .and_then(|(_, _, p)| p.leader);
+                if let Some(leader) = leader.filter(|l| self.is_up(*l)) {
+                    self.count_fault("leader-kill");
+                    self.crash(leader, CrashKind::Kill);
+                    let back = self.now + self.rng.range(50, 600);
+                    self.schedule(back, Ev::Restart { node: leader });
+                }
+                self.next_fault(kind, f.leader_kill_every_ms);
             }
             FaultKind::PowerLoss => {
                 let lossy = self.cfg.durability == DurabilityMode::FlushNever;

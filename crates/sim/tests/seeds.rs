@@ -55,10 +55,13 @@ fn a_seed_replays_exactly() {
 }
 
 /// Seeds that found bugs in the cores (see the regression tests named after them in
-/// crates/replication/src/replica/tests.rs) keep passing.
+/// crates/replication/src/replica/tests.rs and crates/controller/tests/quorum.rs) keep
+/// passing. A change to the simulator's random draws gives a seed another scenario, so the
+/// older numbers here no longer replay the bug they found (docs/simulation.md lists them);
+/// 1914 (a fresh quorum that never formed) is as of the leader-kill fault.
 #[test]
 fn seeds_that_found_bugs_pass() {
-    for seed in [57, 239, 339, 432, 2284] {
+    for seed in [57, 239, 339, 432, 1914, 2284] {
         let r = run_seed(seed, false);
         assert!(r.failure.is_none(), "seed {seed}: {:?}", r.failure);
     }
