@@ -128,6 +128,19 @@ pub enum ControllerError {
 }
 
 impl ControllerError {
+    /// A refusal because the asker's epoch is *newer* than the controller's view: only an
+    /// active controller that was deposed without knowing it yet (cut off from the other
+    /// voters) answers so, since a caught-up one holds every committed change. The asker must
+    /// not wait for newer metadata (it has it) but ask again, elsewhere (found by the
+    /// simulator: a partition leader waited forever after such an answer).
+    pub fn from_stale_controller(&self) -> bool {
+        match self {
+            ControllerError::FencedLeaderEpoch { current, got }
+            | ControllerError::InvalidUpdateVersion { current, got } => current < got,
+            _ => false,
+        }
+    }
+
     /// The Kafka error code a server answers with.
     pub fn kafka_error_code(&self) -> i16 {
         match self {

@@ -123,6 +123,8 @@ impl QuorumConfig {
 
 /// What creating Raft needs, kept while a voter without state finds out whether it may.
 struct RaftStarter<D: Directory, T> {
+    /// Vote, snapshot, disk id and `formed_with` live here.
+    checkpoints: Arc<D>,
     raft_config: Arc<openraft::Config>,
     transport: Arc<T>,
     log_store: RaftLogStore<D>,
@@ -131,6 +133,10 @@ struct RaftStarter<D: Directory, T> {
 
 /// Where a voter keeps its disk id, beside its vote and snapshot.
 const DISK_ID_FILE: &str = "voter-disk-id";
+/// Where a voter that formed (or joined) a new quorum keeps the disk ids of the voters that
+/// answered "no state" in that round (`formed_with`): they may join it later, also after this
+/// voter restarted.
+const FORMED_WITH_FILE: &str = "voter-formed-with";
 
 /// The id of this voter's data directory, sent with its [`ControllerRequest::VoterState`]
 /// probes: created (fsynced) the first time the directory is used, so that every process of the
@@ -235,7 +241,9 @@ impl ControllerNode {
         let checkpoints = Arc::new(checkpoints);
         let mut log_store = RaftLogStore::open(log_dir, checkpoints.clone(), &config.log)?;
         let probe_id = disk_id(&*checkpoints)?;
-        let state_machine = MetadataStateMachine::open(checkpoints)?;
+        let formed_with: BTreeMap<RaftNodeId, u64> =
+            crate::log_store::read_checkpoint(&*checkpoints, FORMED_WITH_FILE)?.unwrap_or_default();
+        let state_machine = MetadataStateMachine::open(Arc::clone(&checkpoints))?;
         let log_state = log_store
             .get_log_state()
             .await
@@ -275,11 +283,12 @@ impl ControllerNode {
             stop,
             counters: ControllerCounters::default(),
             probe_id,
-            formed_with: parking_lot::Mutex::new(BTreeMap::new()),
+            formed_with: parking_lot::Mutex::new(formed_with),
             joined,
             caught_up_term: parking_lot::Mutex::new(None),
         });
         let starter = RaftStarter {
+            checkpoints,
             raft_config: Arc::new(raft_config),
             transport: Arc::new(transport),
             log_store,
@@ -850,6 +859,14 @@ async fn decide_and_start<D: Directory, T: ControllerTransport>(
         let answered = empty.len() + formed_with_me.len();
         if answered == others.len() {
             let initialize = formed_with_me.is_empty();
+            // Kept on disk before Raft starts: after a restart of this voter, a voter of this
+            // round that crashed before it held any state must still be let in (the simulator
+            // found a quorum that never formed while this lived in memory only).
+            let bytes = postcard::to_allocvec(&empty).map_err(|e| e.to_string())?;
+            starter
+                .checkpoints
+                .write_atomic(FORMED_WITH_FILE, &bytes)
+                .map_err(|e| format!("writing {FORMED_WITH_FILE}: {e}"))?;
             *node.formed_with.lock() = empty;
             node.start_raft(starter, initialize)
                 .await

@@ -664,3 +664,54 @@ async fn a_voter_without_state_presents_the_same_disk_id_after_a_restart() {
     assert_ne!(first, wiped, "a wiped disk presents a new id");
     cluster.shutdown().await;
 }
+
+/// A voter that formed the quorum remembers, across its restarts, the disks of the voters
+/// that answered "no state" in that round: one of them that crashed before holding any Raft
+/// state is let in when it comes back, even if the voter that formed the quorum restarted
+/// meanwhile (the simulator found a quorum that never formed while this lived in memory).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_voter_still_lets_in_the_voters_it_formed_the_quorum_with() {
+    let mut cluster = Cluster::start(mem_dirs(&[1, 2, 3]), |_| {}).await;
+    cluster.wait_for_active().await;
+    // The first voter to initialize saw both others empty: its file names both.
+    let mut remembered = Vec::new();
+    for (id, (_, checkpoints)) in &cluster.dirs {
+        if let Ok(Some(bytes)) = checkpoints.read("voter-formed-with") {
+            let formed: BTreeMap<u64, u64> = postcard::from_bytes(&bytes).expect("decodes");
+            remembered.extend(formed.into_iter().map(|(other, disk)| (*id, other, disk)));
+        }
+    }
+    assert!(!remembered.is_empty(), "some voter formed the quorum");
+    let (voter, other, disk) = remembered[0];
+    cluster.kill(voter).await;
+    cluster.start_voter(voter).await;
+    let request = ControllerRequest::VoterState {
+        from: other,
+        probe_id: disk,
+    };
+    let answer = cluster.network.client().send(voter, request).await;
+    assert!(
+        matches!(
+            answer,
+            Ok(ControllerResponse::VoterState(VoterState::HasState {
+                formed_with_you: true
+            }))
+        ),
+        "{answer:?}"
+    );
+    let request = ControllerRequest::VoterState {
+        from: other,
+        probe_id: disk ^ 1,
+    };
+    let answer = cluster.network.client().send(voter, request).await;
+    assert!(
+        matches!(
+            answer,
+            Ok(ControllerResponse::VoterState(VoterState::HasState {
+                formed_with_you: false
+            }))
+        ),
+        "another disk of that voter is not let in: {answer:?}"
+    );
+    cluster.shutdown().await;
+}

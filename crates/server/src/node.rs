@@ -1204,6 +1204,8 @@ impl Node {
 
 fn isr_error(error: ControllerError) -> IsrChangeError {
     match error {
+        // The controller's view is older than ours: ask again rather than wait for metadata.
+        e if e.from_stale_controller() => IsrChangeError::Unavailable,
         ControllerError::FencedLeaderEpoch { .. } => IsrChangeError::FencedLeaderEpoch,
         ControllerError::InvalidUpdateVersion { .. } => IsrChangeError::InvalidUpdateVersion,
         ControllerError::IneligibleReplica { .. } => IsrChangeError::IneligibleReplica,
@@ -1227,6 +1229,7 @@ fn not_controller_hint(response: &ControllerResponse) -> Option<Option<u64>> {
     match error {
         ControllerError::NotController { leader_hint } => Some(*leader_hint),
         ControllerError::Unavailable(_) => Some(None),
+        e if e.from_stale_controller() => Some(None),
         _ => None,
     }
 }

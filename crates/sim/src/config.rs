@@ -99,7 +99,13 @@ impl SimConfig {
             clean_restart_every_ms: every(&mut rng, 0.3, 1000, 6000),
             corrupt_every_ms: every(&mut rng, 0.25, 1500, 8000),
             slow_every_ms: every(&mut rng, 0.4, 500, 4000),
-            leader_kill_every_ms: every(&mut rng, 0.3, 300, 1500),
+            // Only where an unclean restart keeps a replica eligible (flush always): with flush
+            // never, each kill drops the leader from the ELR (KIP-966), and quick successive
+            // kills would leave most such seeds' partitions offline by design.
+            leader_kill_every_ms: match (every(&mut rng, 0.4, 300, 1500), durability) {
+                (every, DurabilityMode::FlushAlways) => every,
+                (_, DurabilityMode::FlushNever) => 0,
+            },
             controller_failover_every_ms: every(&mut rng, 0.4, 1000, 6000),
             clock_skew_permille: *rng.pick(&[0, 0, 10, 50]),
         };

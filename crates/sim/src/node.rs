@@ -263,6 +263,9 @@ fn next_voter(voters: &[NodeId], current: NodeId) -> NodeId {
 
 fn isr_error(e: ControllerError) -> IsrChangeError {
     match e {
+        // The controller's view is older than ours (a deposed active controller that does not
+        // know it yet): ask again rather than wait for metadata we already have.
+        e if e.from_stale_controller() => IsrChangeError::Unavailable,
         ControllerError::FencedLeaderEpoch { .. } => IsrChangeError::FencedLeaderEpoch,
         ControllerError::InvalidUpdateVersion { .. } => IsrChangeError::InvalidUpdateVersion,
         ControllerError::IneligibleReplica { .. } => IsrChangeError::IneligibleReplica,
@@ -294,6 +297,10 @@ impl World {
             return;
         };
         match error {
+            Some(e) if e.from_stale_controller() => {
+                p.controller_asked_at = None;
+                p.controller = next_voter(&voters, p.controller);
+            }
             Some(ControllerError::NotController { leader_hint }) => {
                 p.controller_asked_at = None;
                 p.controller = match leader_hint {
@@ -752,6 +759,13 @@ impl World {
             }
             Payload::RegisterReply(result) => {
                 self.controller_answered(id, result.as_ref().err());
+                // Refused (not the active controller, or it is catching up): ask again at the
+                // next heartbeat, where the hint points (the server retries every 50 ms).
+                if result.is_err() {
+                    if let Some(p) = self.process_mut(id) {
+                        p.register_sent_at = None;
+                    }
+                }
                 let Some(node) = self.nodes.get_mut(&id) else {
                     return;
                 };

@@ -914,3 +914,16 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn only_a_refusal_older_than_the_request_comes_from_a_stale_controller() {
+    let stale = ControllerError::InvalidUpdateVersion { current: 1, got: 2 };
+    let newer = ControllerError::InvalidUpdateVersion { current: 3, got: 2 };
+    let fenced_stale = ControllerError::FencedLeaderEpoch { current: 4, got: 5 };
+    let fenced = ControllerError::FencedLeaderEpoch { current: 5, got: 4 };
+    assert!(stale.from_stale_controller());
+    assert!(fenced_stale.from_stale_controller());
+    assert!(!newer.from_stale_controller());
+    assert!(!fenced.from_stale_controller());
+    assert!(!ControllerError::Unavailable("x".into()).from_stale_controller());
+}
