@@ -33,6 +33,36 @@ const AT_LEAST_WAIT_MS: i64 = 100;
 /// Keys per partition: few, so that clients contend.
 const KEYS_PER_PARTITION: u32 = 3;
 
+/// What a seed does to its tables besides the client workload: damaged snapshot files,
+/// compaction. Drawn from a stream of its own (the seed with a constant mixed in), so that
+/// adding to it does not move the draws of the rest of the configuration.
+#[derive(Debug, Clone, Default)]
+pub struct TableMix {
+    /// Mean time between damaging a replica's stored table snapshot (a flipped bit, a cut, an
+    /// empty file) and restarting its node, in ms (0: never).
+    pub damage_snapshot_every_ms: i64,
+}
+
+impl TableMix {
+    pub fn from_seed(seed: u64) -> TableMix {
+        let mut rng = Rng::new(seed ^ 0x7AB1_E5C0_0000_0000);
+        TableMix {
+            damage_snapshot_every_ms: if rng.chance(0.4) {
+                rng.range(800, 5_000)
+            } else {
+                0
+            },
+        }
+    }
+
+    pub fn describe(&self) -> String {
+        format!(
+            "tables: damage-snapshot every {} ms",
+            self.damage_snapshot_every_ms
+        )
+    }
+}
+
 /// How a get was asked.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ReadKind {

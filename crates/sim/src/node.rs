@@ -506,6 +506,53 @@ impl World {
         corrupted
     }
 
+    /// Damages the stored table snapshot of one of the node's replicas, as a disk might: a
+    /// flipped bit anywhere in the file, the file cut short, or an empty file (a crash between
+    /// creating and writing it, on a file system that does not order them). The next load must
+    /// refuse it (`snapshot::decode`: magic, lengths, CRC32C) and rebuild the table from the log.
+    pub fn damage_snapshot(&mut self, id: NodeId) -> bool {
+        let Some(node) = self.nodes.get(&id) else {
+            return false;
+        };
+        let parts: Vec<Part> = node
+            .snapshots
+            .iter()
+            .filter(|(_, b)| !b.is_empty())
+            .map(|(p, _)| *p)
+            .collect();
+        if parts.is_empty() {
+            return false;
+        }
+        let part = *self.rng.pick(&parts);
+        let Some(bytes) = node.snapshots.get(&part).cloned() else {
+            return false;
+        };
+        let (how, damaged) = match self.rng.range(0, 3) {
+            // Bit flips are the most likely damage, and the one only the checksum can see.
+            0 | 1 => {
+                let at = self.rng.range(0, bytes.len() as i64 - 1) as usize;
+                let bit = 1u8 << self.rng.range(0, 7);
+                let mut damaged = bytes.to_vec();
+                damaged[at] ^= bit;
+                (
+                    format!("bit {bit:#04x} of byte {at} flipped"),
+                    Bytes::from(damaged),
+                )
+            }
+            2 => {
+                let len = self.rng.range(0, bytes.len() as i64 - 1) as usize;
+                (format!("cut to {len} bytes"), bytes.slice(..len))
+            }
+            _ => ("emptied".to_string(), Bytes::new()),
+        };
+        let len = bytes.len();
+        self.trace(|| format!("n{id} p{part}: table snapshot ({len} bytes) damaged: {how}"));
+        if let Some(node) = self.nodes.get_mut(&id) {
+            node.snapshots.insert(part, damaged);
+        }
+        true
+    }
+
     pub fn node_tick(&mut self, id: NodeId, generation: u64) {
         if self.generation(id) != Some(generation) {
             return;
@@ -1111,10 +1158,16 @@ impl World {
                 let replica = Replica::new(id, replica_config(&cfg), model, high_watermark);
                 // The table: from its snapshot if that still matches the recovered log, then
                 // the log after it; else the whole log.
-                let snapshot = node
+                // A damaged file (checksum, lengths) is refused and the table rebuilt from the
+                // log, as the server's `read_snapshot` does.
+                let decoded = node
                     .snapshots
                     .get(&part)
-                    .and_then(|bytes| tandem_table::snapshot::decode(bytes).ok());
+                    .map(tandem_table::snapshot::decode);
+                if matches!(decoded, Some(Err(_))) {
+                    self.stats.snapshots_damaged += 1;
+                }
+                let snapshot = decoded.and_then(Result::ok);
                 let restored = snapshot.and_then(|s| tandem_table::replica::restore(s, &log));
                 if node.snapshots.contains_key(&part) {
                     match restored {

@@ -132,6 +132,7 @@ pub struct Summary {
     pub lincheck_unknown: u64,
     pub snapshots_loaded: u64,
     pub snapshots_discarded: u64,
+    pub snapshots_damaged: u64,
     pub elapsed: Duration,
 }
 
@@ -185,6 +186,7 @@ pub fn run_many(first: u64, limit: Limit, jobs: usize, keep_going: bool) -> Summ
                 s.lincheck_unknown += u64::from(r.stats.lincheck_unknown);
                 s.snapshots_loaded += r.stats.snapshots_loaded;
                 s.snapshots_discarded += r.stats.snapshots_discarded;
+                s.snapshots_damaged += r.stats.snapshots_damaged;
                 for (k, v) in &r.stats.faults {
                     *s.faults.entry(k).or_default() += v;
                 }
@@ -212,7 +214,7 @@ pub fn format_summary(s: &Summary) -> String {
     format!(
         "{} seeds in {:.1} s: {:.2} seeds/s, {:.0} events/s, {:.0}x virtual time; {} acks=all acknowledged, \
          {} reads; table: {} operations, {} reads answered, {} checked for linearizability \
-         ({} seeds without a verdict), {} snapshots restored, {} discarded; controller: {} Raft terms, \
+         ({} seeds without a verdict), {} snapshots restored, {} discarded ({} damaged); controller: {} Raft terms, \
          {} partition elections; faults: {}; offline by design: {}; failures: {}",
         s.seeds,
         secs,
@@ -227,6 +229,7 @@ pub fn format_summary(s: &Summary) -> String {
         s.lincheck_unknown,
         s.snapshots_loaded,
         s.snapshots_discarded,
+        s.snapshots_damaged,
         s.raft_terms,
         s.elections,
         faults.join(", "),

@@ -89,6 +89,8 @@ pub enum FaultKind {
     Corrupt,
     Slow,
     ControllerFailover,
+    /// A replica's stored table snapshot is damaged, then its node restarts (node.rs).
+    DamageSnapshot,
 }
 
 /// What a finished seed reports.
@@ -116,6 +118,8 @@ pub struct Stats {
     pub snapshots_written: u64,
     pub snapshots_loaded: u64,
     pub snapshots_discarded: u64,
+    /// Of those discarded, refused as damaged (checksum, lengths) rather than stale.
+    pub snapshots_damaged: u64,
 }
 
 pub struct World {
@@ -226,6 +230,10 @@ impl World {
             (
                 FaultKind::ControllerFailover,
                 self.cfg.faults.controller_failover_every_ms,
+            ),
+            (
+                FaultKind::DamageSnapshot,
+                self.cfg.tables.damage_snapshot_every_ms,
             ),
         ];
         for (kind, every) in kinds {
@@ -453,6 +461,14 @@ impl World {
                     }
                 }
                 self.next_fault(kind, f.controller_failover_every_ms);
+            }
+            FaultKind::DamageSnapshot => {
+                if self.is_up(node) && self.damage_snapshot(node) {
+                    self.count_fault("damage-snapshot");
+                    // The damage is found when the table is next loaded: restart at once.
+                    self.crash(node, CrashKind::Kill);
+                }
+                self.next_fault(kind, self.cfg.tables.damage_snapshot_every_ms);
             }
         }
     }
