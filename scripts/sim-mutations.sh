@@ -24,6 +24,7 @@ mutations=(
   "mutation-table-ignores-truncation  20 table-matches-log"   # seed 0 (most seeds catch it)
   "mutation-ignore-truncated-token    150 session-reads"      # seed 13 (about 1 seed in 25)
   "mutation-snapshot-skips-crc        80 table-matches-log"   # seed 1 (about 1 seed in 10)
+  "mutation-scan-sees-uncommitted     20 scan-reads"          # seed 0 (about 1 seed in 2)
 )
 
 failed=0

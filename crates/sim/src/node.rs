@@ -25,9 +25,7 @@ use tandem_storage::batch::split_batches;
 use tandem_storage::{
     BatchBuilder, FlushPolicy, Log, LogConfig, ManualClock, MemDir, MemLog, SegmentedLog,
 };
-use tandem_table::{
-    Answer, CasDecision, TableQuery, TableReplica, TableWriteError, Token, Written,
-};
+use tandem_table::{Answer, CasDecision, TableReplica, TableWriteError, Token, Written};
 
 use crate::checks;
 use crate::config::{DurabilityMode, SimConfig};
@@ -960,7 +958,7 @@ impl World {
             Payload::KvRead {
                 client_request,
                 part,
-                key,
+                query,
                 consistency,
                 wait_ms,
             } => {
@@ -974,7 +972,7 @@ impl World {
                         .table
                         .read(
                             &slot.replica,
-                            TableQuery::Get { key },
+                            query,
                             consistency,
                             has_lease,
                             local,

@@ -110,6 +110,8 @@ pub struct Stats {
     /// Table operations issued, reads answered, and operations in the checked history.
     pub kv_ops: u64,
     pub kv_reads: u64,
+    /// Of those reads, scans.
+    pub kv_scans: u64,
     pub kv_checked: u64,
     /// The linearizability check ran out of steps (no verdict).
     pub lincheck_unknown: bool,
