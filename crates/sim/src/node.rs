@@ -114,6 +114,8 @@ pub struct Slot {
     /// Which slot of this node this is (a slot is rebuilt after a log failure), so that the
     /// checks can tell a rebuilt table from the one before.
     pub serial: u64,
+    /// Compactions that rewrote segments of this log: the checks compare it again.
+    pub compactions: u64,
 }
 
 enum Route {
@@ -160,6 +162,12 @@ impl Node {
     /// How fast this node's clock runs, in parts per thousand of virtual time.
     pub fn rate_permille(&self) -> i64 {
         self.rate_permille
+    }
+
+    /// This node's wall clock (batch timestamps, tombstone age): virtual time at the node's
+    /// clock rate, so nodes' wall clocks drift apart by up to the skew, as NTP allows.
+    pub fn wall_ms(&self, now: i64) -> i64 {
+        now * self.rate_permille / 1000
     }
 
     /// Global time after `local` ms of this node's clock.
@@ -562,7 +570,13 @@ impl World {
             .and_then(|n| n.process.as_ref())
             .map(|p| p.replicas.keys().copied().collect())
             .unwrap_or_default();
+        let compact_every = self.cfg.tables.compact_every_ms;
         for part in parts {
+            // First, while every replica's log below its HW is in the checks' committed
+            // history (they ran after the previous event): compaction only rewrites below it.
+            if compact_every > 0 && self.rng.chance(TICK_MS as f64 / compact_every as f64) {
+                self.compact_table(id, part);
+            }
             // An ISR proposal with no answer is lost: the replica may propose again.
             let expired = self
                 .process_mut(id)
@@ -595,6 +609,67 @@ impl World {
                 generation,
             },
         );
+    }
+
+    /// Compacts a table replica's log below its HW, as the server's compaction thread does
+    /// (`crates/server/src/compaction.rs`): `Log::compact`, then the new horizon to the core
+    /// (`Event::Compacted`), which puts it in its Fetch answers (tag 10002) so that a follower
+    /// whose log ends below it copies the log again. Tombstone age is measured on the node's
+    /// wall clock, as the batches' timestamps are.
+    fn compact_table(&mut self, id: NodeId, part: Part) {
+        let now = self.now;
+        let retention = self.cfg.tables.tombstone_retention_ms;
+        let Some(node) = self.nodes.get_mut(&id) else {
+            return;
+        };
+        let wall = node.wall_ms(now);
+        let Some(slot) = node
+            .process
+            .as_mut()
+            .and_then(|p| p.replicas.get_mut(&part))
+        else {
+            return;
+        };
+        let config = tandem_storage::CompactionConfig {
+            tombstone_retention_ms: retention,
+            // Small, so that cleaned segments are merged now and then.
+            max_segment_bytes: 8 << 10,
+            ..tandem_storage::CompactionConfig::default()
+        };
+        let before = slot.log.compaction_horizon();
+        let report = match slot
+            .log
+            .compact(slot.replica.high_watermark(), wall, &config)
+        {
+            Ok(report) => report,
+            Err(e) => {
+                self.trace(|| format!("n{id} p{part}: compaction failed: {e}"));
+                return;
+            }
+        };
+        if report.segments_rewritten > 0 {
+            slot.mirror.clear();
+            slot.sync_mirror();
+            slot.compactions += 1;
+            self.stats.compactions += 1;
+            self.stats.records_compacted += report.records_removed;
+        }
+        let horizon = report.compaction_horizon;
+        self.trace(|| {
+            format!(
+                "n{id} p{part}: compacted {} segments, {} records ({} tombstones) removed, horizon {before} -> {horizon}",
+                report.segments_rewritten, report.records_removed, report.tombstones_removed
+            )
+        });
+        if horizon != before {
+            self.node_step(
+                id,
+                part,
+                Event::Compacted {
+                    compaction_horizon: horizon,
+                },
+            );
+        }
     }
 
     /// Checkpoints a replica's table: flush the log first, so that after a crash the log still
@@ -1057,8 +1132,12 @@ impl World {
             .process_mut(id)
             .and_then(|p| p.replicas.get(&part))
             .map_or(-1, |s| s.replica.leader_epoch());
-        let mut batch = BatchBuilder::new(local);
-        batch.push(local, Some(&write.key), write.value.as_deref());
+        let wall = self
+            .nodes
+            .get(&id)
+            .map_or(self.now, |n| n.wall_ms(self.now));
+        let mut batch = BatchBuilder::new(wall);
+        batch.push(wall, Some(&write.key), write.value.as_deref());
         let request = tandem_replication::ProduceRequest {
             acks,
             durability: tandem_replication::Durability::Replicated,
@@ -1184,6 +1263,7 @@ impl World {
                     mirror: Vec::new(),
                     table,
                     serial: node.slots_made,
+                    compactions: 0,
                 };
                 slot.sync_mirror();
                 p.replicas.insert(part, slot);

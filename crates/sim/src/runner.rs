@@ -134,6 +134,8 @@ pub struct Summary {
     pub snapshots_loaded: u64,
     pub snapshots_discarded: u64,
     pub snapshots_damaged: u64,
+    pub compactions: u64,
+    pub records_compacted: u64,
     pub elapsed: Duration,
 }
 
@@ -189,6 +191,8 @@ pub fn run_many(first: u64, limit: Limit, jobs: usize, keep_going: bool) -> Summ
                 s.snapshots_loaded += r.stats.snapshots_loaded;
                 s.snapshots_discarded += r.stats.snapshots_discarded;
                 s.snapshots_damaged += r.stats.snapshots_damaged;
+                s.compactions += r.stats.compactions;
+                s.records_compacted += r.stats.records_compacted;
                 for (k, v) in &r.stats.faults {
                     *s.faults.entry(k).or_default() += v;
                 }
@@ -216,7 +220,7 @@ pub fn format_summary(s: &Summary) -> String {
     format!(
         "{} seeds in {:.1} s: {:.2} seeds/s, {:.0} events/s, {:.0}x virtual time; {} acks=all acknowledged, \
          {} reads; table: {} operations, {} reads answered ({} scans), {} checked for linearizability \
-         ({} seeds without a verdict), {} snapshots restored, {} discarded ({} damaged); controller: {} Raft terms, \
+         ({} seeds without a verdict), {} snapshots restored, {} discarded ({} damaged), {} compactions removed {} records; controller: {} Raft terms, \
          {} partition elections; faults: {}; offline by design: {}; failures: {}",
         s.seeds,
         secs,
@@ -233,6 +237,8 @@ pub fn format_summary(s: &Summary) -> String {
         s.snapshots_loaded,
         s.snapshots_discarded,
         s.snapshots_damaged,
+        s.compactions,
+        s.records_compacted,
         s.raft_terms,
         s.elections,
         faults.join(", "),

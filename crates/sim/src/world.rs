@@ -120,6 +120,9 @@ pub struct Stats {
     pub snapshots_written: u64,
     pub snapshots_loaded: u64,
     pub snapshots_discarded: u64,
+    /// Table log compactions that rewrote segments, and the records they removed.
+    pub compactions: u64,
+    pub records_compacted: u64,
     /// Of those discarded, refused as damaged (checksum, lengths) rather than stale.
     pub snapshots_damaged: u64,
 }

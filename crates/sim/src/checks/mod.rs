@@ -70,6 +70,9 @@ pub struct ReplicaSeen {
     pub high_watermark: i64,
     /// Its log below here has been compared with the committed history.
     pub verified_to: i64,
+    /// The slot (serial) and its compaction count when last compared: a compaction rewrote
+    /// the log below its HW, so it is compared again from its start.
+    pub compacted: (u64, u64),
 }
 
 #[derive(Debug, Default)]
