@@ -23,6 +23,8 @@ mutations=(
   "mutation-linearizable-without-epoch-start 600 table-linearizable" # seed 173 (about 1 seed in 80)
   "mutation-table-ignores-truncation  20 table-matches-log"   # seed 0 (most seeds catch it)
   "mutation-ignore-truncated-token    150 session-reads"      # seed 13 (about 1 seed in 25)
+  "mutation-snapshot-skips-crc        150 table-matches-log"  # seed 44 (about 1 seed in 20; seed 1 before scans)
+  "mutation-scan-sees-uncommitted     20 scan-reads"          # seed 0 (about 1 seed in 2)
 )
 
 failed=0

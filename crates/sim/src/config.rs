@@ -35,6 +35,8 @@ pub struct SimConfig {
     pub faults: FaultMix,
     pub producers: usize,
     pub consumers: usize,
+    /// Table faults and compaction (`kv::TableMix`, a draw stream of its own).
+    pub tables: crate::kv::TableMix,
 }
 
 /// Rates of each fault kind; zero means off for this seed.
@@ -125,6 +127,7 @@ impl SimConfig {
             faults,
             producers: rng.range(2, 4) as usize,
             consumers: rng.range(1, 2) as usize,
+            tables: crate::kv::TableMix::from_seed(seed),
         }
     }
 
@@ -134,7 +137,7 @@ impl SimConfig {
         format!(
             "{} nodes ({} voters, Raft snapshot every {} entries), {} partition(s), RF {}, min.insync {}, {:?}; drop {:.3} dup {:.3} latency<={}ms \
              every(ms): partition {} crash {} leader-kill {} power-loss {} wipe {} clean-restart {} corrupt {} slow {} \
-             controller-failover {}; clock skew {}‰",
+             controller-failover {}; clock skew {}‰; {}",
             self.nodes,
             self.voters,
             self.raft_snapshot_after_entries,
@@ -155,6 +158,7 @@ impl SimConfig {
             f.slow_every_ms,
             f.controller_failover_every_ms,
             f.clock_skew_permille,
+            self.tables.describe(),
         )
     }
 }

@@ -16,7 +16,9 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use bytes::Bytes;
 use tandem_replication::{Acks, NodeId};
-use tandem_table::{Consistency, ReadError, TableReadError, TableWrite, TableWriteError, Token};
+use tandem_table::{
+    Consistency, Entry, ReadError, TableQuery, TableReadError, TableWrite, TableWriteError, Token,
+};
 
 use crate::checks;
 use crate::config::SimConfig;
@@ -32,6 +34,58 @@ const KV_WRITE_TIMEOUT_MS: i64 = 2_000;
 const AT_LEAST_WAIT_MS: i64 = 100;
 /// Keys per partition: few, so that clients contend.
 const KEYS_PER_PARTITION: u32 = 3;
+
+/// What a seed does to its tables besides the client workload: damaged snapshot files,
+/// compaction. Drawn from a stream of its own (the seed with a constant mixed in), so that
+/// adding to it does not move the draws of the rest of the configuration.
+#[derive(Debug, Clone, Default)]
+pub struct TableMix {
+    /// Mean time between damaging a replica's stored table snapshot (a flipped bit, a cut, an
+    /// empty file) and restarting its node, in ms (0: never).
+    pub damage_snapshot_every_ms: i64,
+    /// Mean time between compactions of each table replica's log, in ms (0: never).
+    pub compact_every_ms: i64,
+    /// Compaction's `tombstone_retention_ms` (Kafka's `delete.retention.ms`).
+    pub tombstone_retention_ms: i64,
+}
+
+/// Compaction in the simulator is off unless `SIM_COMPACTION=1`: with it on, seeds fail on
+/// a product bug it found that is not fixed yet (docs/simulation.md, "Bugs the simulator
+/// found": a replica catching up through a compacted region serves tables of states that never
+/// existed). The draws are the same either way, so a seed differs only in its compactions.
+pub fn compaction_enabled() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| std::env::var("SIM_COMPACTION").is_ok_and(|v| v == "1"))
+}
+
+impl TableMix {
+    pub fn from_seed(seed: u64) -> TableMix {
+        let mut rng = Rng::new(seed ^ 0x7AB1_E5C0_0000_0000);
+        TableMix {
+            damage_snapshot_every_ms: if rng.chance(0.4) {
+                rng.range(800, 5_000)
+            } else {
+                0
+            },
+            compact_every_ms: match rng.chance(0.6) {
+                true if compaction_enabled() => rng.range(200, 3_000),
+                true => {
+                    rng.range(200, 3_000);
+                    0
+                }
+                false => 0,
+            },
+            tombstone_retention_ms: *rng.pick(&[0, 0, 300, 3_000]),
+        }
+    }
+
+    pub fn describe(&self) -> String {
+        format!(
+            "tables: damage-snapshot every {} ms, compaction every {} ms (tombstones kept {} ms)",
+            self.damage_snapshot_every_ms, self.compact_every_ms, self.tombstone_retention_ms
+        )
+    }
+}
 
 /// How a get was asked.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -53,6 +107,25 @@ pub enum KvOp {
         new: Option<Bytes>,
     },
     Get(ReadKind),
+    /// One partition's page of a scan: keys starting with `prefix`, in `[from, to)`, at most
+    /// `limit` of them (the server's per-partition scan; the client merges partitions).
+    Scan {
+        kind: ReadKind,
+        prefix: Bytes,
+        from: Bytes,
+        to: Option<Bytes>,
+        limit: usize,
+    },
+}
+
+impl KvOp {
+    /// How a get or a scan was asked.
+    pub fn read_kind(&self) -> Option<ReadKind> {
+        match self {
+            KvOp::Get(kind) | KvOp::Scan { kind, .. } => Some(*kind),
+            _ => None,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -65,6 +138,12 @@ pub enum KvOutcome {
     /// The key's value and version, and the replica's token.
     Read {
         entry: Option<(Bytes, i64)>,
+        token: Option<Token>,
+    },
+    /// A scan's page: its entries in key order, the key to continue from, the replica's token.
+    Scanned {
+        entries: Vec<(Bytes, Entry)>,
+        next: Option<Bytes>,
         token: Option<Token>,
     },
     /// A definite failure: nothing was written (not the leader, no lease, not enough
@@ -194,20 +273,27 @@ impl World {
                 };
                 KvOp::Cas { expected, new }
             }
-            _ => KvOp::Get(match self.rng.range(0, 9) {
-                0..=3 => ReadKind::Linearizable,
-                4 => ReadKind::Leader,
-                5 => ReadKind::Follower,
-                6 => ReadKind::FollowerBounded,
-                _ => ReadKind::Session,
-            }),
+            _ => {
+                let kind = match self.rng.range(0, 9) {
+                    0..=3 => ReadKind::Linearizable,
+                    4 => ReadKind::Leader,
+                    5 => ReadKind::Follower,
+                    6 => ReadKind::FollowerBounded,
+                    _ => ReadKind::Session,
+                };
+                if roll >= 92 {
+                    self.scan_op(part, kind)
+                } else {
+                    KvOp::Get(kind)
+                }
+            }
         };
         let session = self.kv.clients[i].session.get(&part).copied();
         // Writes and leader reads go to the leader in the client's (maybe stale) view;
         // follower and session reads to any replica of the partition.
         let leader = self.leader_of(part);
-        let node = match &op {
-            KvOp::Get(ReadKind::Follower | ReadKind::FollowerBounded | ReadKind::Session) => {
+        let node = match op.read_kind() {
+            Some(ReadKind::Follower | ReadKind::FollowerBounded | ReadKind::Session) => {
                 let nodes: Vec<NodeId> = self.nodes.keys().copied().collect();
                 Some(*self.rng.pick(&nodes))
             }
@@ -221,18 +307,18 @@ impl World {
         };
         self.clients.next_request += 1;
         let request = self.clients.next_request;
-        let consistency = match &op {
-            KvOp::Get(ReadKind::Linearizable) => Some(Consistency::Linearizable),
-            KvOp::Get(ReadKind::Leader) => Some(Consistency::Leader),
-            KvOp::Get(ReadKind::Follower) => Some(Consistency::Follower {
+        let consistency = match op.read_kind() {
+            Some(ReadKind::Linearizable) => Some(Consistency::Linearizable),
+            Some(ReadKind::Leader) => Some(Consistency::Leader),
+            Some(ReadKind::Follower) => Some(Consistency::Follower {
                 max_lag_offsets: None,
                 max_lag_ms: None,
             }),
-            KvOp::Get(ReadKind::FollowerBounded) => Some(Consistency::Follower {
+            Some(ReadKind::FollowerBounded) => Some(Consistency::Follower {
                 max_lag_offsets: Some(self.rng.range(0, 20)),
                 max_lag_ms: Some(self.rng.range(50, 1_000)),
             }),
-            KvOp::Get(ReadKind::Session) => Some(match session {
+            Some(ReadKind::Session) => Some(match session {
                 Some(token) => Consistency::AtLeast(token),
                 None => Consistency::Follower {
                     max_lag_offsets: None,
@@ -245,7 +331,28 @@ impl World {
             (KvOp::Get(_), Some(consistency)) => Payload::KvRead {
                 client_request: request,
                 part,
-                key: key.clone(),
+                query: TableQuery::Get { key: key.clone() },
+                consistency,
+                wait_ms: AT_LEAST_WAIT_MS,
+            },
+            (
+                KvOp::Scan {
+                    prefix,
+                    from,
+                    to,
+                    limit,
+                    ..
+                },
+                Some(consistency),
+            ) => Payload::KvRead {
+                client_request: request,
+                part,
+                query: TableQuery::Scan {
+                    prefix: prefix.clone(),
+                    from: from.clone(),
+                    to: to.clone(),
+                    limit: *limit,
+                },
                 consistency,
                 wait_ms: AT_LEAST_WAIT_MS,
             },
@@ -299,6 +406,38 @@ impl World {
         self.kv.clients[i].in_flight = Some(self.kv.history.len() - 1);
         self.stats.kv_ops += 1;
         self.send(Endpoint::Clients, Endpoint::Node(node), None, payload);
+    }
+
+    /// A scan of partition `part`: a prefix (all of the partition's keys, or none of them),
+    /// a start key, maybe an end, and a limit below the partition's key count half the time,
+    /// so that pages are cut and carry a continuation key.
+    fn scan_op(&mut self, part: Part, kind: ReadKind) -> KvOp {
+        let keys: Vec<Bytes> = self
+            .kv
+            .keys
+            .iter()
+            .filter(|(p, _, _)| *p == part)
+            .map(|(_, k, _)| k.clone())
+            .collect();
+        let prefix = match self.rng.range(0, 3) {
+            0 => Bytes::new(),
+            1 | 2 => Bytes::from(format!("p{part}k").into_bytes()),
+            _ => Bytes::from_static(b"none"),
+        };
+        let from = if self.rng.chance(0.5) {
+            Bytes::new()
+        } else {
+            self.rng.pick(&keys).clone()
+        };
+        let to = self.rng.chance(0.3).then(|| self.rng.pick(&keys).clone());
+        let limit = self.rng.range(1, KEYS_PER_PARTITION as i64 + 1) as usize;
+        KvOp::Scan {
+            kind,
+            prefix,
+            from,
+            to,
+            limit,
+        }
     }
 
     /// A table answer reached the clients.
@@ -362,6 +501,18 @@ impl World {
         }
         let Some(result) = read else { return };
         match result {
+            Ok(answer) if matches!(record.op, KvOp::Scan { .. }) => {
+                if let Some(token) = answer.token {
+                    raise(&mut client.session, part, token);
+                }
+                record.outcome = KvOutcome::Scanned {
+                    entries: answer.entries,
+                    next: answer.next,
+                    token: answer.token,
+                };
+                self.stats.kv_reads += 1;
+                self.stats.kv_scans += 1;
+            }
             Ok(answer) => {
                 let entry = answer
                     .entries
@@ -419,12 +570,14 @@ impl World {
             }
             Err(_) => {
                 record.outcome = KvOutcome::Failed;
-                if !matches!(record.op, KvOp::Get(ReadKind::Session)) {
+                if record.op.read_kind() != Some(ReadKind::Session) {
                     self.refresh_client_view();
                 }
             }
         }
-        if let Err(v) = checks::session_reads::on_answer(self, index) {
+        if let Err(v) = checks::session_reads::on_answer(self, index)
+            .and_then(|()| checks::scan_reads::on_answer(self, index))
+        {
             self.fail(v);
         }
     }

@@ -14,7 +14,9 @@ use tandem_replication::{
     Acks, FetchData, FetchId, FetchRequest, NodeId, ProduceError, ProduceOk, ProduceRequest,
     ReadError,
 };
-use tandem_table::{Consistency, ReadAnswer, TableReadError, TableWrite, TableWriteError, Written};
+use tandem_table::{
+    Consistency, ReadAnswer, TableQuery, TableReadError, TableWrite, TableWriteError, Written,
+};
 
 /// A partition index of the simulated topic.
 pub type Part = u32;
@@ -134,10 +136,11 @@ pub enum Payload {
         client_request: u64,
         result: Result<Written, TableWriteError>,
     },
+    /// A get or a scan of one partition (the server's per-partition request).
     KvRead {
         client_request: u64,
         part: Part,
-        key: Bytes,
+        query: TableQuery,
         consistency: Consistency,
         wait_ms: i64,
     },
@@ -279,10 +282,10 @@ impl Payload {
             Payload::KvRead {
                 client_request,
                 part,
-                key,
+                query,
                 consistency,
                 ..
-            } => format!("KvRead #{client_request} p{part} {key:?} {consistency:?}"),
+            } => format!("KvRead #{client_request} p{part} {query:?} {consistency:?}"),
             Payload::KvReadReply {
                 client_request,
                 result,
@@ -291,8 +294,9 @@ impl Payload {
                 result.as_ref().map(|a| (
                     a.entries
                         .iter()
-                        .map(|(_, e)| (e.value.clone(), e.version))
+                        .map(|(k, e)| (k.clone(), e.value.clone(), e.version))
                         .collect::<Vec<_>>(),
+                    &a.next,
                     a.token
                 ))
             ),

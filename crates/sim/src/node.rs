@@ -25,9 +25,7 @@ use tandem_storage::batch::split_batches;
 use tandem_storage::{
     BatchBuilder, FlushPolicy, Log, LogConfig, ManualClock, MemDir, MemLog, SegmentedLog,
 };
-use tandem_table::{
-    Answer, CasDecision, TableQuery, TableReplica, TableWriteError, Token, Written,
-};
+use tandem_table::{Answer, CasDecision, TableReplica, TableWriteError, Token, Written};
 
 use crate::checks;
 use crate::config::{DurabilityMode, SimConfig};
@@ -116,6 +114,8 @@ pub struct Slot {
     /// Which slot of this node this is (a slot is rebuilt after a log failure), so that the
     /// checks can tell a rebuilt table from the one before.
     pub serial: u64,
+    /// Compactions that rewrote segments of this log: the checks compare it again.
+    pub compactions: u64,
 }
 
 enum Route {
@@ -162,6 +162,12 @@ impl Node {
     /// How fast this node's clock runs, in parts per thousand of virtual time.
     pub fn rate_permille(&self) -> i64 {
         self.rate_permille
+    }
+
+    /// This node's wall clock (batch timestamps, tombstone age): virtual time at the node's
+    /// clock rate, so nodes' wall clocks drift apart by up to the skew, as NTP allows.
+    pub fn wall_ms(&self, now: i64) -> i64 {
+        now * self.rate_permille / 1000
     }
 
     /// Global time after `local` ms of this node's clock.
@@ -513,6 +519,53 @@ impl World {
         corrupted
     }
 
+    /// Damages the stored table snapshot of one of the node's replicas, as a disk might: a
+    /// flipped bit anywhere in the file, the file cut short, or an empty file (a crash between
+    /// creating and writing it, on a file system that does not order them). The next load must
+    /// refuse it (`snapshot::decode`: magic, lengths, CRC32C) and rebuild the table from the log.
+    pub fn damage_snapshot(&mut self, id: NodeId) -> bool {
+        let Some(node) = self.nodes.get(&id) else {
+            return false;
+        };
+        let parts: Vec<Part> = node
+            .snapshots
+            .iter()
+            .filter(|(_, b)| !b.is_empty())
+            .map(|(p, _)| *p)
+            .collect();
+        if parts.is_empty() {
+            return false;
+        }
+        let part = *self.rng.pick(&parts);
+        let Some(bytes) = node.snapshots.get(&part).cloned() else {
+            return false;
+        };
+        let (how, damaged) = match self.rng.range(0, 3) {
+            // Bit flips are the most likely damage, and the one only the checksum can see.
+            0 | 1 => {
+                let at = self.rng.range(0, bytes.len() as i64 - 1) as usize;
+                let bit = 1u8 << self.rng.range(0, 7);
+                let mut damaged = bytes.to_vec();
+                damaged[at] ^= bit;
+                (
+                    format!("bit {bit:#04x} of byte {at} flipped"),
+                    Bytes::from(damaged),
+                )
+            }
+            2 => {
+                let len = self.rng.range(0, bytes.len() as i64 - 1) as usize;
+                (format!("cut to {len} bytes"), bytes.slice(..len))
+            }
+            _ => ("emptied".to_string(), Bytes::new()),
+        };
+        let len = bytes.len();
+        self.trace(|| format!("n{id} p{part}: table snapshot ({len} bytes) damaged: {how}"));
+        if let Some(node) = self.nodes.get_mut(&id) {
+            node.snapshots.insert(part, damaged);
+        }
+        true
+    }
+
     pub fn node_tick(&mut self, id: NodeId, generation: u64) {
         if self.generation(id) != Some(generation) {
             return;
@@ -524,7 +577,13 @@ impl World {
             .and_then(|n| n.process.as_ref())
             .map(|p| p.replicas.keys().copied().collect())
             .unwrap_or_default();
+        let compact_every = self.cfg.tables.compact_every_ms;
         for part in parts {
+            // First, while every replica's log below its HW is in the checks' committed
+            // history (they ran after the previous event): compaction only rewrites below it.
+            if compact_every > 0 && self.rng.chance(TICK_MS as f64 / compact_every as f64) {
+                self.compact_table(id, part);
+            }
             // An ISR proposal with no answer is lost: the replica may propose again.
             let expired = self
                 .process_mut(id)
@@ -557,6 +616,67 @@ impl World {
                 generation,
             },
         );
+    }
+
+    /// Compacts a table replica's log below its HW, as the server's compaction thread does
+    /// (`crates/server/src/compaction.rs`): `Log::compact`, then the new horizon to the core
+    /// (`Event::Compacted`), which puts it in its Fetch answers (tag 10002) so that a follower
+    /// whose log ends below it copies the log again. Tombstone age is measured on the node's
+    /// wall clock, as the batches' timestamps are.
+    fn compact_table(&mut self, id: NodeId, part: Part) {
+        let now = self.now;
+        let retention = self.cfg.tables.tombstone_retention_ms;
+        let Some(node) = self.nodes.get_mut(&id) else {
+            return;
+        };
+        let wall = node.wall_ms(now);
+        let Some(slot) = node
+            .process
+            .as_mut()
+            .and_then(|p| p.replicas.get_mut(&part))
+        else {
+            return;
+        };
+        let config = tandem_storage::CompactionConfig {
+            tombstone_retention_ms: retention,
+            // Small, so that cleaned segments are merged now and then.
+            max_segment_bytes: 8 << 10,
+            ..tandem_storage::CompactionConfig::default()
+        };
+        let before = slot.log.compaction_horizon();
+        let report = match slot
+            .log
+            .compact(slot.replica.high_watermark(), wall, &config)
+        {
+            Ok(report) => report,
+            Err(e) => {
+                self.trace(|| format!("n{id} p{part}: compaction failed: {e}"));
+                return;
+            }
+        };
+        if report.segments_rewritten > 0 {
+            slot.mirror.clear();
+            slot.sync_mirror();
+            slot.compactions += 1;
+            self.stats.compactions += 1;
+            self.stats.records_compacted += report.records_removed;
+        }
+        let horizon = report.compaction_horizon;
+        self.trace(|| {
+            format!(
+                "n{id} p{part}: compacted {} segments, {} records ({} tombstones) removed, horizon {before} -> {horizon}",
+                report.segments_rewritten, report.records_removed, report.tombstones_removed
+            )
+        });
+        if horizon != before {
+            self.node_step(
+                id,
+                part,
+                Event::Compacted {
+                    compaction_horizon: horizon,
+                },
+            );
+        }
     }
 
     /// Checkpoints a replica's table: flush the log first, so that after a crash the log still
@@ -927,7 +1047,7 @@ impl World {
             Payload::KvRead {
                 client_request,
                 part,
-                key,
+                query,
                 consistency,
                 wait_ms,
             } => {
@@ -941,7 +1061,7 @@ impl World {
                         .table
                         .read(
                             &slot.replica,
-                            TableQuery::Get { key },
+                            query,
                             consistency,
                             has_lease,
                             local,
@@ -1026,8 +1146,12 @@ impl World {
             .process_mut(id)
             .and_then(|p| p.replicas.get(&part))
             .map_or(-1, |s| s.replica.leader_epoch());
-        let mut batch = BatchBuilder::new(local);
-        batch.push(local, Some(&write.key), write.value.as_deref());
+        let wall = self
+            .nodes
+            .get(&id)
+            .map_or(self.now, |n| n.wall_ms(self.now));
+        let mut batch = BatchBuilder::new(wall);
+        batch.push(wall, Some(&write.key), write.value.as_deref());
         let request = tandem_replication::ProduceRequest {
             acks,
             durability: tandem_replication::Durability::Replicated,
@@ -1125,10 +1249,16 @@ impl World {
                 let replica = Replica::new(id, replica_config(&cfg), model, high_watermark);
                 // The table: from its snapshot if that still matches the recovered log, then
                 // the log after it; else the whole log.
-                let snapshot = node
+                // A damaged file (checksum, lengths) is refused and the table rebuilt from the
+                // log, as the server's `read_snapshot` does.
+                let decoded = node
                     .snapshots
                     .get(&part)
-                    .and_then(|bytes| tandem_table::snapshot::decode(bytes).ok());
+                    .map(tandem_table::snapshot::decode);
+                if matches!(decoded, Some(Err(_))) {
+                    self.stats.snapshots_damaged += 1;
+                }
+                let snapshot = decoded.and_then(Result::ok);
                 let restored = snapshot.and_then(|s| tandem_table::replica::restore(s, &log));
                 if node.snapshots.contains_key(&part) {
                     match restored {
@@ -1147,6 +1277,7 @@ impl World {
                     mirror: Vec::new(),
                     table,
                     serial: node.slots_made,
+                    compactions: 0,
                 };
                 slot.sync_mirror();
                 p.replicas.insert(part, slot);

@@ -128,10 +128,14 @@ pub struct Summary {
     pub elections: u64,
     pub kv_ops: u64,
     pub kv_reads: u64,
+    pub kv_scans: u64,
     pub kv_checked: u64,
     pub lincheck_unknown: u64,
     pub snapshots_loaded: u64,
     pub snapshots_discarded: u64,
+    pub snapshots_damaged: u64,
+    pub compactions: u64,
+    pub records_compacted: u64,
     pub elapsed: Duration,
 }
 
@@ -181,10 +185,14 @@ pub fn run_many(first: u64, limit: Limit, jobs: usize, keep_going: bool) -> Summ
                 s.elections += r.stats.elections;
                 s.kv_ops += r.stats.kv_ops;
                 s.kv_reads += r.stats.kv_reads;
+                s.kv_scans += r.stats.kv_scans;
                 s.kv_checked += r.stats.kv_checked;
                 s.lincheck_unknown += u64::from(r.stats.lincheck_unknown);
                 s.snapshots_loaded += r.stats.snapshots_loaded;
                 s.snapshots_discarded += r.stats.snapshots_discarded;
+                s.snapshots_damaged += r.stats.snapshots_damaged;
+                s.compactions += r.stats.compactions;
+                s.records_compacted += r.stats.records_compacted;
                 for (k, v) in &r.stats.faults {
                     *s.faults.entry(k).or_default() += v;
                 }
@@ -211,8 +219,8 @@ pub fn format_summary(s: &Summary) -> String {
     let faults: Vec<String> = s.faults.iter().map(|(k, v)| format!("{k} {v}")).collect();
     format!(
         "{} seeds in {:.1} s: {:.2} seeds/s, {:.0} events/s, {:.0}x virtual time; {} acks=all acknowledged, \
-         {} reads; table: {} operations, {} reads answered, {} checked for linearizability \
-         ({} seeds without a verdict), {} snapshots restored, {} discarded; controller: {} Raft terms, \
+         {} reads; table: {} operations, {} reads answered ({} scans), {} checked for linearizability \
+         ({} seeds without a verdict), {} snapshots restored, {} discarded ({} damaged), {} compactions removed {} records; controller: {} Raft terms, \
          {} partition elections; faults: {}; offline by design: {}; failures: {}",
         s.seeds,
         secs,
@@ -223,10 +231,14 @@ pub fn format_summary(s: &Summary) -> String {
         s.reads,
         s.kv_ops,
         s.kv_reads,
+        s.kv_scans,
         s.kv_checked,
         s.lincheck_unknown,
         s.snapshots_loaded,
         s.snapshots_discarded,
+        s.snapshots_damaged,
+        s.compactions,
+        s.records_compacted,
         s.raft_terms,
         s.elections,
         faults.join(", "),

@@ -90,6 +90,8 @@ pub enum FaultKind {
     Corrupt,
     Slow,
     ControllerFailover,
+    /// A replica's stored table snapshot is damaged, then its node restarts (node.rs).
+    DamageSnapshot,
 }
 
 /// What a finished seed reports.
@@ -109,6 +111,8 @@ pub struct Stats {
     /// Table operations issued, reads answered, and operations in the checked history.
     pub kv_ops: u64,
     pub kv_reads: u64,
+    /// Of those reads, scans.
+    pub kv_scans: u64,
     pub kv_checked: u64,
     /// The linearizability check ran out of steps (no verdict).
     pub lincheck_unknown: bool,
@@ -117,6 +121,11 @@ pub struct Stats {
     pub snapshots_written: u64,
     pub snapshots_loaded: u64,
     pub snapshots_discarded: u64,
+    /// Table log compactions that rewrote segments, and the records they removed.
+    pub compactions: u64,
+    pub records_compacted: u64,
+    /// Of those discarded, refused as damaged (checksum, lengths) rather than stale.
+    pub snapshots_damaged: u64,
 }
 
 pub struct World {
@@ -228,6 +237,10 @@ impl World {
             (
                 FaultKind::ControllerFailover,
                 self.cfg.faults.controller_failover_every_ms,
+            ),
+            (
+                FaultKind::DamageSnapshot,
+                self.cfg.tables.damage_snapshot_every_ms,
             ),
         ];
         for (kind, every) in kinds {
@@ -472,6 +485,14 @@ impl World {
                     }
                 }
                 self.next_fault(kind, f.controller_failover_every_ms);
+            }
+            FaultKind::DamageSnapshot => {
+                if self.is_up(node) && self.damage_snapshot(node) {
+                    self.count_fault("damage-snapshot");
+                    // The damage is found when the table is next loaded: restart at once.
+                    self.crash(node, CrashKind::Kill);
+                }
+                self.next_fault(kind, self.cfg.tables.damage_snapshot_every_ms);
             }
         }
     }

@@ -34,6 +34,7 @@ fn fixed_seeds_pass_every_check() {
         "wipe",
         "corrupt",
         "controller-failover",
+        "damage-snapshot",
     ] {
         assert!(
             summary.faults.get(fault).copied().unwrap_or(0) > 0,

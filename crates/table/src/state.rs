@@ -170,9 +170,35 @@ impl Table {
             Bound::Included(Bytes::copy_from_slice(start)),
             Bound::<Bytes>::Unbounded,
         );
+        // Mutation (tandem-sim's scan-reads check): scan the latest appended state, writes
+        // above the HW included (a dirty read a get does not make).
+        #[cfg(feature = "mutation-scan-sees-uncommitted")]
+        let latest = {
+            let mut latest = self.committed.clone();
+            for w in &self.uncommitted {
+                match &w.value {
+                    Some(value) => {
+                        let entry = Entry {
+                            value: value.clone(),
+                            version: w.offset,
+                            leader_epoch: w.leader_epoch,
+                        };
+                        latest.insert(w.key.clone(), entry);
+                    }
+                    None => {
+                        latest.remove(&w.key);
+                    }
+                }
+            }
+            latest
+        };
+        #[cfg(feature = "mutation-scan-sees-uncommitted")]
+        let map = &latest;
+        #[cfg(not(feature = "mutation-scan-sees-uncommitted"))]
+        let map = &self.committed;
         let mut entries = Vec::new();
         let mut next = None;
-        for (key, entry) in self.committed.range(range) {
+        for (key, entry) in map.range(range) {
             if !key.starts_with(prefix) || to.is_some_and(|to| key.as_ref() >= to) {
                 break;
             }

@@ -19,6 +19,7 @@ pub fn check(world: &World, state: &mut CheckState) -> Result<(), Violation> {
                 epochs,
                 high_watermark: r.slot.replica.high_watermark(),
                 verified_to: r.slot.replica.local_log().log_start_offset(),
+                compacted: (r.slot.serial, r.slot.compactions),
             });
         if epochs < seen.epochs {
             return Err(Violation::new(

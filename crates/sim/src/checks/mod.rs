@@ -1,5 +1,6 @@
 //! The invariants, one file each, named after the property. [`after_step`] runs the
 //! per-step ones after every event; `acked_writes`, `reads_below_hw`, `session_reads`,
+//! `scan_reads`,
 //! `table_linearizable` and `liveness` run where their event happens (an acknowledgement, a
 //! read, the end of the run).
 //!
@@ -17,6 +18,7 @@ pub mod logs_agree;
 pub mod no_duplicates;
 pub mod raft_votes;
 pub mod reads_below_hw;
+pub mod scan_reads;
 pub mod session_reads;
 pub mod single_leader;
 pub mod table_linearizable;
@@ -68,6 +70,9 @@ pub struct ReplicaSeen {
     pub high_watermark: i64,
     /// Its log below here has been compared with the committed history.
     pub verified_to: i64,
+    /// The slot (serial) and its compaction count when last compared: a compaction rewrote
+    /// the log below its HW, so it is compared again from its start.
+    pub compacted: (u64, u64),
 }
 
 #[derive(Debug, Default)]

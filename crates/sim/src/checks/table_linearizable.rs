@@ -36,7 +36,7 @@ pub fn history(records: &[KvRecord]) -> Vec<KvOperation> {
                 new: new.as_ref().map(|v| v.to_vec()),
             },
             KvOp::Get(ReadKind::Linearizable) => KvInput::Get,
-            KvOp::Get(_) => continue,
+            KvOp::Get(_) | KvOp::Scan { .. } => continue,
         };
         let output = match &r.outcome {
             KvOutcome::Written(token) => KvOutput::Written {
@@ -48,7 +48,7 @@ pub fn history(records: &[KvRecord]) -> Vec<KvOperation> {
                     .as_ref()
                     .map(|(value, v)| (value.to_vec(), version(*v))),
             ),
-            KvOutcome::Failed => continue,
+            KvOutcome::Failed | KvOutcome::Scanned { .. } => continue,
             KvOutcome::Unknown | KvOutcome::Pending => {
                 if input == KvInput::Get {
                     continue;

@@ -68,16 +68,18 @@ pub fn check(world: &World, state: &mut CheckState) -> Result<(), Violation> {
                 },
             );
         if !same {
-            let table: Vec<(&Bytes, &Bytes, i64)> = table
+            let table: Vec<(&Bytes, &Bytes, i64, i32)> = table
                 .committed()
                 .iter()
-                .map(|(k, e)| (k, &e.value, e.version))
+                .map(|(k, e)| (k, &e.value, e.version, e.leader_epoch))
                 .collect();
-            let log: Vec<(&Bytes, &Bytes, i64)> =
-                expected.iter().map(|(k, o, v, _)| (*k, *v, *o)).collect();
+            let log: Vec<(&Bytes, &Bytes, i64, i32)> = expected
+                .iter()
+                .map(|(k, o, v, epoch)| (*k, *v, *o, *epoch))
+                .collect();
             return fail(format!(
                 "the table below {applied} (HW {hw}) is {table:?}, but the log below it holds \
-                 {log:?}"
+                 {log:?} (key, value, version, epoch)"
             ));
         }
     }
