@@ -694,20 +694,61 @@ impl ControllerNode {
             return Ok(());
         };
         let bound = Duration::from_millis(self.config.commit_timeout_ms);
-        match tokio::time::timeout(bound, raft.change_membership(change, false)).await {
-            Ok(Ok(_)) => {
-                warn!(
-                    node = self.id,
-                    voter = voter_id,
-                    "removed controller voter {voter_id} from the quorum (it lost its Raft state); it will be added back as a new member"
-                );
-                Ok(())
-            }
-            Ok(Err(e)) => Err(membership_error(e)),
-            Err(_) => Err(ControllerError::Unavailable(format!(
+        self.change_membership(change, false, bound, |m| {
+            !m.voter_ids().any(|id| id == voter_id) && !m.learner_ids().any(|id| id == voter_id)
+        })
+        .await?;
+        warn!(
+            node = self.id,
+            voter = voter_id,
+            "removed controller voter {voter_id} from the quorum (it lost its Raft state); it will be added back as a new member"
+        );
+        Ok(())
+    }
+
+    /// Changes the Raft membership and answers once the new membership is committed as a
+    /// uniform config that `done` accepts. openraft's `change_membership` may return while the
+    /// cluster is still in the joint config (the simulator found a voter's rejoin answered
+    /// while the joint config {1,3} & {1,2,3} still needed voter 1, which was wiped next: the
+    /// quorum never recovered); the caller must not take the change as done before then.
+    async fn change_membership(
+        &self,
+        change: ChangeMembers<RaftNodeId, BasicNode>,
+        retain: bool,
+        bound: Duration,
+        done: impl Fn(&openraft::Membership<RaftNodeId, BasicNode>) -> bool,
+    ) -> Result<(), ControllerError> {
+        let deadline = Instant::now() + bound;
+        let not_in_time = || {
+            ControllerError::Unavailable(format!(
                 "membership change not committed within {} ms",
-                self.config.commit_timeout_ms
-            ))),
+                bound.as_millis()
+            ))
+        };
+        let raft = self.raft();
+        match tokio::time::timeout_at(deadline, raft.change_membership(change, retain)).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => return Err(membership_error(e)),
+            Err(_) => return Err(not_in_time()),
+        }
+        let mut metrics = raft.metrics();
+        loop {
+            {
+                let m = metrics.borrow_and_update();
+                let stored = &m.membership_config;
+                let committed = stored.log_id() <= &m.last_applied;
+                let membership = stored.membership();
+                if committed && membership.get_joint_config().len() == 1 && done(membership) {
+                    return Ok(());
+                }
+            }
+            match tokio::time::timeout_at(deadline, metrics.changed()).await {
+                Ok(Ok(())) => {}
+                Ok(Err(_)) => {
+                    return Err(ControllerError::Unavailable("the voter stopped".into()));
+                }
+                Err(_) => return Err(not_in_time()),
+            }
         }
     }
 
@@ -727,42 +768,42 @@ impl ControllerNode {
             .membership_config
             .membership()
             .clone();
-        if membership.voter_ids().any(|id| id == voter_id) {
+        let is_voter = membership.voter_ids().any(|id| id == voter_id);
+        // Done only in a uniform config: a joint one (a change cut short by a leader change,
+        // or a retried request) is completed by proposing the change again below.
+        if is_voter && membership.get_joint_config().len() == 1 {
             return Ok(());
         }
         // Copying the whole log may take a while; the caller retries on a timeout.
         let bound = Duration::from_millis(self.config.commit_timeout_ms.max(1) * 15);
-        let added = tokio::time::timeout(
-            bound,
-            raft.add_learner(voter_id, BasicNode::new(address), true),
-        )
-        .await;
-        match added {
-            Ok(Ok(_)) => {}
-            Ok(Err(e)) => return Err(membership_error(e)),
-            Err(_) => {
-                return Err(ControllerError::Unavailable(format!(
-                    "voter {voter_id} did not catch up within {} ms",
-                    bound.as_millis()
-                )))
+        if !is_voter {
+            let added = tokio::time::timeout(
+                bound,
+                raft.add_learner(voter_id, BasicNode::new(address), true),
+            )
+            .await;
+            match added {
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => return Err(membership_error(e)),
+                Err(_) => {
+                    return Err(ControllerError::Unavailable(format!(
+                        "voter {voter_id} did not catch up within {} ms",
+                        bound.as_millis()
+                    )))
+                }
             }
         }
         let promote = ChangeMembers::AddVoterIds([voter_id].into());
-        match tokio::time::timeout(bound, raft.change_membership(promote, true)).await {
-            Ok(Ok(_)) => {
-                info!(
-                    node = self.id,
-                    voter = voter_id,
-                    "controller voter {voter_id} is a voter again"
-                );
-                Ok(())
-            }
-            Ok(Err(e)) => Err(membership_error(e)),
-            Err(_) => Err(ControllerError::Unavailable(format!(
-                "membership change not committed within {} ms",
-                bound.as_millis()
-            ))),
-        }
+        self.change_membership(promote, true, bound, |m| {
+            m.voter_ids().any(|id| id == voter_id)
+        })
+        .await?;
+        info!(
+            node = self.id,
+            voter = voter_id,
+            "controller voter {voter_id} is a voter again"
+        );
+        Ok(())
     }
 }
 

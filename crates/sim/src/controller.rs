@@ -147,6 +147,8 @@ struct VoterProcess {
     pushed_version: u64,
     /// A `VoterRun` is due at this world time.
     run_at: Option<i64>,
+    /// The last Raft state traced (trace mode only).
+    raft_summary: Option<String>,
 }
 
 /// A call between voters on its way: who waits for its answer.
@@ -222,6 +224,10 @@ impl ControllerSim {
     /// A second voter losing its disk before the first rejoined would leave no quorum that
     /// remembers the committed metadata: no Raft survives that, so the world does not do it.
     pub fn voters_healthy(&self) -> bool {
+        // `has_joined` is what an operator replacing voters one at a time waits for ("rejoined
+        // the controller quorum"): it must mean the uniform config with this voter committed.
+        // (It did not, at first: seed 2297 wiped a voter while a rejoin's joint config still
+        // needed it.)
         self.voters
             .values()
             .all(|v| v.process.as_ref().is_some_and(|p| p.node.has_joined()))
@@ -309,6 +315,7 @@ impl World {
                     node,
                     pushed_version: 0,
                     run_at: None,
+                    raft_summary: None,
                 });
                 self.trace(|| format!("voter {v} starts (generation {generation})"));
             }
@@ -511,14 +518,38 @@ impl World {
         let node = Arc::clone(&p.node);
         let pushed = p.pushed_version;
         if let Some(raft) = node.running_raft() {
-            let (vote, fatal) = {
+            let (vote, fatal, summary) = {
                 let m = raft.metrics();
                 let m = m.borrow();
+                // For the trace only: the voter's Raft role and membership when they change.
+                let summary = self.tracing().then(|| {
+                    format!(
+                        "{:?} vote {} leader {:?} last log {:?} applied {:?} membership {:?}",
+                        m.state,
+                        m.vote,
+                        m.current_leader,
+                        m.last_log_index,
+                        m.last_applied.map(|l| l.index),
+                        m.membership_config.membership().get_joint_config()
+                    )
+                });
                 (
                     m.vote,
                     m.running_state.as_ref().err().map(|e| e.to_string()),
+                    summary,
                 )
             };
+            if let Some(summary) = summary {
+                let changed = self
+                    .voter_process_mut(v)
+                    .is_some_and(|p| p.raft_summary.as_deref() != Some(summary.as_str()));
+                if changed {
+                    self.trace(|| format!("voter {v}: {summary}"));
+                    if let Some(p) = self.voter_process_mut(v) {
+                        p.raft_summary = Some(summary);
+                    }
+                }
+            }
             if let Some(e) = fatal {
                 self.fail(Violation::new(
                     "controller-voter",

@@ -203,6 +203,11 @@ impl World {
         }
     }
 
+    /// Is the trace on (a replay)? Costly descriptions are built only then.
+    pub fn tracing(&self) -> bool {
+        self.trace.is_some()
+    }
+
     pub fn trace_lines(&self) -> Vec<String> {
         self.trace.iter().flatten().cloned().collect()
     }
