@@ -108,7 +108,7 @@ impl SimConfig {
                 (every, DurabilityMode::FlushAlways) => every,
                 (_, DurabilityMode::FlushNever) => 0,
             },
-            controller_failover_every_ms: every(&mut rng, 0.4, 1000, 6000),
+            controller_failover_every_ms: every(&mut rng, 0.4, 700, 5000),
             clock_skew_permille: *rng.pick(&[0, 0, 10, 50]),
         };
         let voters = if nodes == 5 && rng.chance(0.3) { 5 } else { 3 };

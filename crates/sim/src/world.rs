@@ -75,6 +75,10 @@ pub enum Ev {
     AdminTick,
     ClientTick,
     FaultDue(FaultKind),
+    /// A leader kill aimed at the leader that took over after the previous one.
+    KillLeader {
+        part: Part,
+    },
     FaultPhaseEnd,
     LivenessCheck,
 }
@@ -306,6 +310,11 @@ impl World {
             Ev::AdminTick => self.admin_tick(),
             Ev::ClientTick => self.client_tick(),
             Ev::FaultDue(kind) => self.fault(kind),
+            Ev::KillLeader { part } => {
+                if self.faults_on {
+                    self.kill_leader(part);
+                }
+            }
             Ev::FaultPhaseEnd => self.end_faults(),
             Ev::LivenessCheck => self.liveness_check(),
         }
@@ -418,18 +427,12 @@ impl World {
             }
             FaultKind::LeaderKill => {
                 let parts = self.cfg.partitions as i64;
-                let part = self.rng.range(0, parts - 1) as usize;
-                let leader = self
-                    .controller
-                    .metadata
-                    .partitions()
-                    .nth(part)
-                    .and_then(|(_, _, p)| p.leader);
-                if let Some(leader) = leader.filter(|l| self.is_up(*l)) {
-                    self.count_fault("leader-kill");
-                    self.crash(leader, CrashKind::Kill);
-                    let back = self.now + self.rng.range(50, 600);
-                    self.schedule(back, Ev::Restart { node: leader });
+                let part = self.rng.range(0, parts - 1) as Part;
+                // Half the time the next leader dies too, soon after taking over: its HW may
+                // still lag its epoch start while a lagging follower asks to rejoin (KAFKA-7128).
+                if self.kill_leader(part) && self.rng.chance(0.5) {
+                    let at = self.now + self.rng.range(100, 800);
+                    self.schedule(at, Ev::KillLeader { part });
                 }
                 self.next_fault(kind, f.leader_kill_every_ms);
             }
@@ -481,9 +484,9 @@ impl World {
                     if self.is_up(active) {
                         self.count_fault("controller-failover");
                         self.crash(active, CrashKind::Kill);
-                        // Half come back at once, before the other voters' election timeout:
-                        // openraft restores such a voter as leader of its old term.
-                        if self.rng.chance(0.5) {
+                        // Three in four come back at once, before the other voters' election
+                        // timeout: openraft restores such a voter as leader of its old term.
+                        if self.rng.chance(0.75) {
                             let back = self.now + self.rng.range(5, 150);
                             self.schedule(back, Ev::Restart { node: active });
                         }
@@ -500,6 +503,25 @@ impl World {
                 self.next_fault(kind, self.cfg.tables.damage_snapshot_every_ms);
             }
         }
+    }
+
+    /// Kills the committed leader of `part` (kill -9), back 50–600 ms later. False if it has
+    /// none running.
+    fn kill_leader(&mut self, part: Part) -> bool {
+        let leader = self
+            .controller
+            .metadata
+            .partitions()
+            .nth(part as usize)
+            .and_then(|(_, _, p)| p.leader);
+        let Some(leader) = leader.filter(|l| self.is_up(*l)) else {
+            return false;
+        };
+        self.count_fault("leader-kill");
+        self.crash(leader, CrashKind::Kill);
+        let back = self.now + self.rng.range(50, 600);
+        self.schedule(back, Ev::Restart { node: leader });
+        true
     }
 
     /// Cuts links for a while: one node (and its voter) from everything, a leader from the
