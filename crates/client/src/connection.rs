@@ -285,8 +285,14 @@ impl Connection {
         let closed = || Error::ConnectionClosed {
             address: self.address.clone(),
         };
+        // Closed before the request left: it was certainly not acted on, so even a write that
+        // is not idempotent may be retried elsewhere (`Unreachable`, not `ConnectionClosed`).
+        let not_sent = || Error::Unreachable {
+            address: self.address.clone(),
+            reason: "the connection closed before the request was sent".into(),
+        };
         if self.is_closed() {
-            return Err(closed());
+            return Err(not_sent());
         }
         let (waiter, answer) = oneshot::channel();
         self.pending.lock().insert(correlation_id, waiter);
@@ -294,7 +300,7 @@ impl Connection {
         // added after that drop sees the mark here instead of waiting for the timeout.
         if self.is_closed() || self.frames.send(frame).is_err() {
             self.pending.lock().remove(&correlation_id);
-            return Err(closed());
+            return Err(not_sent());
         }
         match tokio::time::timeout(timeout, answer).await {
             Ok(Ok(frame)) => Ok(frame),
