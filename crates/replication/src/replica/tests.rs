@@ -1347,6 +1347,66 @@ fn follower_lags_report_records_and_time_behind_the_leader() {
 /// follower's horizon rises to cover them, but never past the leader's (simulator seed 3: a
 /// replica that raised it to every copied chunk's end later, as leader, sent followers that
 /// never needed it to copy its whole log, and their HW went back to 0).
+/// Sim seed 12: a log copied from a compacted one is whole only up to the leader's horizon, so
+/// the follower's horizon rises to it with the first batches, however far they reach: its
+/// table then serves nothing until the copy gets there. Raised only to each chunk's end, the
+/// follower's HW stopped inside the cleaned region, on a state that never existed.
+#[test]
+fn a_follower_copying_a_compacted_log_raises_its_horizon_to_the_leaders_at_once() {
+    let (mut r, fetch_id) = follower_over(log(0, &[]), 0);
+    let records = stamped(&["a", "b", "c"], 0, EPOCH);
+    let answer = data(10, None, records.clone()).map(|d| FetchData {
+        compaction_horizon: 8,
+        ..d
+    });
+    let out = r.step(
+        0,
+        Event::FetchResponse {
+            fetch_id,
+            response: answer,
+        },
+    );
+    assert_eq!(
+        out,
+        vec![Action::Append {
+            batches: records,
+            compaction_horizon: Some(8),
+        }]
+    );
+    assert_eq!(r.local_log().compaction_horizon_target(), 8);
+    assert_eq!(
+        r.local_log().compaction_horizon(),
+        0,
+        "nothing appended yet"
+    );
+}
+
+/// A follower fetching from at or above the leader's horizon receives batches compaction never
+/// touched: its horizon stays.
+#[test]
+fn a_follower_above_the_leaders_horizon_keeps_its_own() {
+    let (mut r, fetch_id) = follower_over(log(3, &[(EPOCH, 0)]), 0);
+    let records = stamped(&["d"], 3, EPOCH);
+    let answer = data(10, None, records.clone()).map(|d| FetchData {
+        compaction_horizon: 2,
+        ..d
+    });
+    let out = r.step(
+        0,
+        Event::FetchResponse {
+            fetch_id,
+            response: answer,
+        },
+    );
+    assert_eq!(
+        out,
+        vec![Action::Append {
+            batches: records,
+            compaction_horizon: None,
+        }]
+    );
+}
+
 #[test]
 fn a_follower_raises_its_compaction_horizon_only_as_far_as_the_leaders() {
     let (mut r, fetch_id) = follower_over(log(0, &[]), 0);
