@@ -124,8 +124,12 @@ impl Replica {
         };
         // Mutation (tests/scenarios.rs): serve a follower behind the horizon from its offset.
         #[cfg(feature = "mutation-ignore-compaction-horizon")]
-        let answered_at = Some(horizon);
-        if answered_at.is_some_and(|h| h >= horizon) {
+        let answered_at = Some((horizon, offset));
+        // Going on with a copy: nothing removed since, and its log did not go back since (a
+        // restart that lost a tail, a truncation; sim seed 899: a follower whose recovery cut
+        // its log below the horizon was served from there and kept a key whose delete was
+        // gone).
+        if answered_at.is_some_and(|(h, from)| h >= horizon && offset >= from) {
             return Ok(());
         }
         Err(ReadError::OffsetOutOfRange {
@@ -207,7 +211,7 @@ impl Replica {
             self.note_high_watermark_sent(replica_id);
             if let Role::Leader(leader) = &mut self.role {
                 if let Some(f) = leader.followers.get_mut(&replica_id) {
-                    f.answered_at_horizon = Some(compaction_horizon);
+                    f.answered_at_horizon = Some((compaction_horizon, request.fetch_offset));
                 }
             }
         }
