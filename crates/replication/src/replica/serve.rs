@@ -115,6 +115,10 @@ impl Replica {
         if offset <= self.log.log_start_offset || offset >= horizon {
             return Ok(());
         }
+        #[cfg_attr(
+            feature = "mutation-ignore-compaction-horizon",
+            allow(unused_variables)
+        )]
         let answered_at = match &self.role {
             Role::Leader(leader) => leader
                 .followers
