@@ -25,6 +25,7 @@ mutations=(
   "mutation-ignore-truncated-token    150 session-reads"      # seed 13 (about 1 seed in 25)
   "mutation-snapshot-skips-crc        150 table-matches-log"  # seed 44 (about 1 seed in 20; seed 1 before scans)
   "mutation-scan-sees-uncommitted     20 scan-reads"          # seed 0 (about 1 seed in 2)
+  "mutation-ignore-compaction-horizon 600 table-matches-log"  # seed 138 (about 1 seed in 75)
 )
 
 failed=0

@@ -97,6 +97,7 @@ pub fn read_range(log: &dyn Log, range: ReadRange) -> Result<Bytes, StorageError
     let bytes = log.read(range.offset, range.max_bytes)?;
     if let Some(checked) = range.compaction_horizon {
         // Read after the bytes: a compaction swapped in before the read had raised it already.
+        // Both are the durable horizon (`LocalLog::compaction_horizon_target`).
         let horizon = log.compaction_horizon();
         let log_start_offset = log.log_start_offset();
         if horizon > checked && range.offset > log_start_offset && range.offset < horizon {

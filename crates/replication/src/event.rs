@@ -73,7 +73,7 @@ pub enum Action {
     /// Append these batches, offsets and epochs already stamped: `Log::append_replicated`,
     /// which refuses anything starting before the log end. Then report `Appended`.
     /// `compaction_horizon`: the batches are a copy of a leader's compacted log that may lack
-    /// tombstones below this offset: raise the log's horizon to it first
+    /// records below this offset (and may end before it): raise the log's horizon to it first
     /// (`Log::raise_compaction_horizon`), so no crash leaves them uncovered.
     Append {
         batches: Bytes,

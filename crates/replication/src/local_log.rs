@@ -31,9 +31,9 @@ pub struct LocalLog {
     pub(crate) flushed_offset: i64,
     pub(crate) epochs: EpochCache,
     pub(crate) producers: ProducerTable,
-    /// Below this offset tombstones may be missing from the log (`Log::compaction_horizon`):
-    /// a follower whose log ends in between must copy the log again from the start. May run
-    /// past the LEO while copied batches are on their way; only `min(horizon, LEO)` counts.
+    /// Below this offset records may be missing from the log (`Log::compaction_horizon`): a
+    /// follower whose log ends in between must copy the log again from the start. May run
+    /// past the LEO (a copy under way); to send followers to copy, `min(horizon, LEO)` counts.
     pub(crate) compaction_horizon: i64,
 }
 
@@ -74,9 +74,15 @@ impl LocalLog {
         self
     }
 
-    /// Below this offset the log may lack tombstones; at most the LEO.
+    /// Below this offset the log may lack records; at most the LEO (what fetches are checked
+    /// against: a fetch from the LEO asks for nothing compaction touched).
     pub fn compaction_horizon(&self) -> i64 {
         self.compaction_horizon.min(self.log_end_offset)
+    }
+
+    /// The durable horizon as `Log::compaction_horizon` has it, possibly past the LEO.
+    pub fn compaction_horizon_target(&self) -> i64 {
+        self.compaction_horizon
     }
 
     /// Mirrors `Log::raise_compaction_horizon` and a compaction's new horizon.
@@ -179,7 +185,7 @@ impl LocalLog {
         self.flushed_offset = self.flushed_offset.min(offset);
         self.epochs.truncate_from_end(offset);
         self.producers.truncate_from(offset);
-        self.compaction_horizon = self.compaction_horizon.min(offset);
+        // The horizon stays: the prefix left is no more whole than before (Log::truncate_to).
     }
 
     /// Mirrors `Log::truncate_fully_and_start_at`.
@@ -191,6 +197,5 @@ impl LocalLog {
         self.flushed_offset = offset;
         self.epochs = EpochCache::new();
         self.producers = ProducerTable::new();
-        self.compaction_horizon = self.compaction_horizon.min(offset);
     }
 }

@@ -152,9 +152,9 @@ pub struct ReadRange {
     pub offset: i64,
     pub max_bytes: usize,
     pub end_offset: i64,
-    /// For a follower's fetch from inside the log: the compaction horizon the core checked
-    /// the offset against. A compaction that finished since may have removed tombstones at or
-    /// after `offset`; the driver then refuses the read ([`crate::driver::read_range`]).
+    /// For a follower's fetch from inside the log: the durable compaction horizon when the
+    /// core checked the offset. A compaction that finished since may have removed records at
+    /// or after `offset`; the driver then refuses the read ([`crate::driver::read_range`]).
     pub compaction_horizon: Option<i64>,
 }
 
@@ -171,9 +171,10 @@ pub struct FetchData<R> {
     /// The leader waits for flushed offsets up to here (a `Durability::Flushed` produce):
     /// a follower flushes at least this far. Tandem's extension of Kafka's Fetch.
     pub flush_up_to: Option<i64>,
-    /// The leader's compaction horizon: batches below it may lack tombstones its compaction
-    /// removed, so a follower appending them raises its own horizon as far (never further:
-    /// a replica that never saw a compacted log keeps horizon 0 and sends nobody to copy).
+    /// The leader's compaction horizon: batches below it may lack records its compaction
+    /// removed, and the log is whole only up to it, so a follower appending them raises its
+    /// own horizon to it, however far the copy has got (never further: a replica that never
+    /// saw a compacted log keeps horizon 0 and sends nobody to copy).
     pub compaction_horizon: i64,
 }
 

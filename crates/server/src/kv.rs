@@ -202,7 +202,10 @@ pub async fn read(
                     errors::OFFSET_NOT_AVAILABLE
                 }
                 TableReadError::Read(ReadError::TooStale { .. }) => errors::REPLICA_TOO_STALE,
-                TableReadError::Read(ReadError::Behind { .. }) => errors::REPLICA_BEHIND,
+                // A replica copying a compacted log is behind too: the client asks the leader.
+                TableReadError::Read(ReadError::Behind { .. } | ReadError::Copying { .. }) => {
+                    errors::REPLICA_BEHIND
+                }
                 TableReadError::Read(ReadError::TokenTruncated { .. }) => errors::TOKEN_TRUNCATED,
                 TableReadError::Storage(_) => errors::KAFKA_STORAGE_ERROR,
             };

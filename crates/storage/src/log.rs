@@ -11,7 +11,7 @@
 //!    leader-epoch-checkpoint            epoch -> start offset      (atomic rewrite)
 //!    high-watermark                     last checkpointed HW       (atomic rewrite)
 //!    log-start-offset                   when the log starts inside its first segment
-//!    compaction-horizon                 tombstones below it may be gone (atomic rewrite)
+//!    compaction-horizon                 below it the log is whole only as a whole (atomic rewrite)
 //!    offset-gaps                        the log may have offset gaps (compaction)
 //! ```
 //!
@@ -141,8 +141,8 @@ pub struct LogOffsets {
 ///   `truncate_to(o)` with `o` inside a gap leaves the log end at `o`.
 /// - **Compaction.** [`compact`](Log::compact) keeps, in sealed segments wholly below its
 ///   `up_to`, the latest record of each key, offsets unchanged; see docs/storage.md.
-///   [`compaction_horizon`](Log::compaction_horizon) is durable and only goes down with
-///   truncation: below it, tombstones may be gone.
+///   [`compaction_horizon`](Log::compaction_horizon) is durable and never goes down: below
+///   it, records may be gone, and a prefix of the log ending there is no state that existed.
 pub trait Log: Send + Sync {
     /// Appends batches produced by clients, as the leader of `leader_epoch`.
     fn append_as_leader(&self, batches: &mut [u8], leader_epoch: i32) -> Result<AppendInfo>;
@@ -194,14 +194,19 @@ pub trait Log: Send + Sync {
         now_ms: i64,
         config: &CompactionConfig,
     ) -> Result<CompactionReport>;
-    /// Below this offset tombstones may have been removed, from this log by compaction or
-    /// from the log it was copied from ([`raise_compaction_horizon`](Log::raise_compaction_horizon)):
-    /// a replica whose log ends in between cannot catch up by fetching from its end, it must
-    /// copy the log from the start. At most the log end; 0 for a log never compacted.
+    /// Below this offset records may have been removed, from this log by compaction or from
+    /// the log it was copied from ([`raise_compaction_horizon`](Log::raise_compaction_horizon)):
+    /// a key's superseded records, or its expired tombstone, whose latest record is below it.
+    /// So the log is consistent only as a whole up to here: a prefix ending below it is a
+    /// state that never existed (docs/tables.md, "Compaction"), and a replica whose log ends
+    /// in between cannot catch up by fetching from its end, it must copy the log from the
+    /// start. 0 for a log never compacted. Never lowered, not by truncation either (the
+    /// prefix left is no more whole), so it may exceed the log end: a copy under way, or a
+    /// crash or truncation that cut what was copied.
     fn compaction_horizon(&self) -> i64;
     /// Durably raises the compaction horizon to `offset` (never lowers it): a follower about to
-    /// append batches copied from a compacted log. May exceed the log end until they arrive;
-    /// [`compaction_horizon`](Log::compaction_horizon) reports at most the log end.
+    /// append batches copied from a compacted log raises it to that log's horizon, which may
+    /// exceed the log end until the copy gets there.
     fn raise_compaction_horizon(&self, offset: i64) -> Result<()>;
     /// Flushes; the log may be dropped after this.
     fn close(&self) -> Result<()>;
@@ -625,16 +630,9 @@ impl<D: Directory> SegmentedLog<D> {
             dir.read(COMPACTION_HORIZON_FILE)
                 .context(&place, || "reading the compaction horizon".into())?,
         )?;
-        // A horizon past the end (a raise before a copied append that a crash lost, or a tail
-        // recovery cut) covers only the log there is.
-        let compaction_horizon = horizon_checkpoint.unwrap_or(0).min(log_end_offset);
-        if horizon_checkpoint.is_some_and(|c| c != compaction_horizon) {
-            dir.write_atomic(
-                COMPACTION_HORIZON_FILE,
-                format!("{compaction_horizon}\n").as_bytes(),
-            )
-            .context(&place, || "writing the compaction horizon".into())?;
-        }
+        // Kept even past the end (a copy that a crash or recovery cut short): the prefix left
+        // is still not whole, and the table must not serve it (docs/tables.md).
+        let compaction_horizon = horizon_checkpoint.unwrap_or(0).max(0);
         // What was read back from the file may sit only in the page cache of a process that
         // died; sync it so that `flushed_offset` can start at the log end.
         let active = segments.values().next_back().expect("created above");
@@ -1018,20 +1016,6 @@ impl<D: Directory> SegmentedLog<D> {
         Ok(())
     }
 
-    /// After a truncation to `log_end_offset`: the horizon covers at most the log that is left
-    /// (what is appended next is new data, with its tombstones). Called with `checkpoint_lock`.
-    fn lower_compaction_horizon(
-        &self,
-        state: &mut LogState<D::File>,
-        log_end_offset: i64,
-    ) -> Result<()> {
-        if state.compaction_horizon > log_end_offset {
-            self.write_compaction_horizon(log_end_offset)?;
-            state.compaction_horizon = log_end_offset;
-        }
-        Ok(())
-    }
-
     /// Records, durably and before any gap is written, that the log may have offset gaps.
     /// Called with the state lock, which every writer of [`GAPS_FILE`] holds.
     fn note_gaps(&self, state: &mut LogState<D::File>) -> Result<()> {
@@ -1327,9 +1311,7 @@ impl<D: Directory> Log for SegmentedLog<D> {
             drop(flush_guard);
             return self.truncate_fully_and_start_at(offset);
         }
-        self.truncate_locked(&mut state, offset)?;
-        let log_end_offset = state.log_end_offset();
-        self.lower_compaction_horizon(&mut state, log_end_offset)
+        self.truncate_locked(&mut state, offset)
     }
 
     fn truncate_fully_and_start_at(&self, offset: i64) -> Result<()> {
@@ -1343,7 +1325,6 @@ impl<D: Directory> Log for SegmentedLog<D> {
         let _checkpoint_guard = self.checkpoint_lock.lock();
         let mut state = self.state.write();
         self.truncations.fetch_add(1, Ordering::SeqCst);
-        self.lower_compaction_horizon(&mut state, offset)?;
         let place = &self.place;
         // Old segments go first, durably: a crash before the new start is recorded reopens an
         // empty log at the old start (the follower then asks again), never old data.
@@ -1554,8 +1535,7 @@ impl<D: Directory> Log for SegmentedLog<D> {
     }
 
     fn compaction_horizon(&self) -> i64 {
-        let state = self.state.read();
-        state.compaction_horizon.min(state.log_end_offset())
+        self.state.read().compaction_horizon
     }
 
     fn raise_compaction_horizon(&self, offset: i64) -> Result<()> {

@@ -765,10 +765,15 @@ mod compaction {
         assert!(report.bytes_after < report.bytes_before);
         assert_eq!(report.records_removed as usize, before.len() - after.len());
         assert_eq!(report.tombstones_removed, 1);
-        assert_eq!(
-            report.compaction_horizon, 6,
-            "b's tombstone was at offset 5"
-        );
+        // The horizon: past the latest record of every key that lost one.
+        let removed: Vec<_> = before.iter().filter(|r| !after.contains(r)).collect();
+        let horizon = removed
+            .iter()
+            .map(|(_, key, _)| latest[key] + 1)
+            .max()
+            .unwrap();
+        assert!(horizon >= 20, "c's tombstone at 19 superseded c1");
+        assert_eq!(report.compaction_horizon, horizon);
         // Every batch is still a valid v2 batch with its epoch; headers keep their offsets.
         for (header, raw) in read_all(&log) {
             assert_eq!(batches::validate(&raw).unwrap(), header);
@@ -778,7 +783,7 @@ mod compaction {
         drop(log);
         let log = h.open(table_config());
         assert_eq!(records(&log), after);
-        assert_eq!(log.compaction_horizon(), 6);
+        assert_eq!(log.compaction_horizon(), horizon);
         let again = log.compact(up_to, now, &compaction_config()).unwrap();
         assert_eq!(again.records_removed, 0);
         assert_eq!(records(&log), after);
@@ -875,28 +880,77 @@ mod compaction {
             early.tombstones_removed, 0,
             "not older than the retention yet"
         );
-        assert_eq!(early.compaction_horizon, 0);
+        // x's put went (its delete supersedes it), and older puts of y.
+        let early_horizon = early.compaction_horizon;
+        assert!(early_horizon >= 2, "{early:?}");
         let late = log
             .compact(end, t + config.tombstone_retention_ms + 1, &config)
             .unwrap();
         assert_eq!(late.tombstones_removed, 1);
-        assert_eq!(late.compaction_horizon, 2);
+        assert_eq!(late.compaction_horizon, early_horizon);
         assert!(!records(&log)
             .iter()
             .any(|(_, k, _)| k.as_deref() == Some("x")));
         drop(log);
         let log = h.open(table_config());
-        assert_eq!(log.compaction_horizon(), 2, "durable");
-        // Truncation below the horizon lowers it; a follower's raise goes up only.
+        assert_eq!(log.compaction_horizon(), early_horizon, "durable");
+        // Truncation below the horizon leaves it (the prefix left is not whole either); a
+        // follower's raise goes up only, past the end too (a copy under way), durably.
         log.truncate_to(1).unwrap();
-        assert_eq!(log.compaction_horizon(), 1);
+        assert_eq!(log.compaction_horizon(), early_horizon);
         log.raise_compaction_horizon(0).unwrap();
-        assert_eq!(log.compaction_horizon(), 1);
+        assert_eq!(log.compaction_horizon(), early_horizon);
         log.raise_compaction_horizon(50).unwrap();
-        assert_eq!(log.compaction_horizon(), 1, "at most the log end");
+        assert_eq!(log.compaction_horizon(), 50, "past the log end");
         drop(log);
         let log = h.open(table_config());
-        assert_eq!(log.compaction_horizon(), 1);
+        assert_eq!(log.compaction_horizon(), 50);
+        log.truncate_fully_and_start_at(0).unwrap();
+        assert_eq!(
+            log.compaction_horizon(),
+            50,
+            "not even an emptied log forgets it"
+        );
+    }
+
+    /// Sim seed 12: compaction removed a superseded delete and raised no horizon, so a prefix
+    /// of the cleaned log (the key's put, its delete gone, the put replacing it not reached)
+    /// looked like a state of the table that never existed.
+    pub(super) fn the_horizon_covers_every_record_removed(h: &impl Harness) {
+        let log = h.open(table_config());
+        let t = 10_000_000;
+        put(&log, t, &[(Some("k"), v("old"))]);
+        put(&log, t, &[(Some("k"), None)]);
+        for i in 0..30 {
+            put(
+                &log,
+                t,
+                &[(Some(if i % 2 == 0 { "y" } else { "z" }), v("filler"))],
+            );
+        }
+        let replaced_at = put(&log, t, &[(Some("k"), v("new"))]).base_offset;
+        put(&log, t, &[(None, v("no key"))]);
+        let end = log.log_end_offset();
+        assert!(log.segment_count() > 1);
+        // No tombstone is old enough to go: only superseded records do.
+        let report = log.compact(end, t, &compaction_config()).unwrap();
+        assert_eq!(report.tombstones_removed, 1, "k's delete, superseded");
+        assert!(!records(&log)
+            .iter()
+            .any(|(_, k, val)| k.as_deref() == Some("k") && val.is_none()));
+        assert_eq!(
+            report.compaction_horizon,
+            replaced_at + 1,
+            "whole again only once k's new put is in"
+        );
+        assert_eq!(log.compaction_horizon(), replaced_at + 1);
+        drop(log);
+        let log = h.open(table_config());
+        assert_eq!(log.compaction_horizon(), replaced_at + 1, "durable");
+        // Compacting again removes nothing more, and moves nothing.
+        let again = log.compact(end, t, &compaction_config()).unwrap();
+        assert_eq!(again.records_removed, 0);
+        assert_eq!(again.compaction_horizon, replaced_at + 1);
     }
 
     pub(super) fn producer_last_batches_and_segment_ends_stay(h: &impl Harness) {
@@ -978,6 +1032,7 @@ mod compaction {
 use compaction::{
     gaps_are_read_truncated_and_replicated, keeps_the_latest_record_per_key_at_its_offset,
     producer_last_batches_and_segment_ends_stay, small_segments_are_merged,
+    the_horizon_covers_every_record_removed,
     tombstones_wait_for_their_retention_and_the_horizon_persists,
 };
 
@@ -989,5 +1044,6 @@ mod compaction_conformance {
         tombstones_wait_for_their_retention_and_the_horizon_persists,
         producer_last_batches_and_segment_ends_stay,
         small_segments_are_merged,
+        the_horizon_covers_every_record_removed,
     );
 }

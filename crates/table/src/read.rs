@@ -45,6 +45,8 @@ pub struct ReadView<'a> {
     /// `None` if it never was in this epoch).
     pub ms_since_caught_up: Option<i64>,
     pub log_start_offset: i64,
+    /// The log's compaction horizon: below it, no state is served (docs/tables.md).
+    pub compaction_horizon: i64,
     pub epochs: &'a EpochCache,
 }
 
@@ -71,6 +73,11 @@ pub enum ReadError {
     },
     #[error("the write at offset {} of epoch {} was truncated (epoch {found:?} holds that offset now)", token.offset, token.leader_epoch)]
     TokenTruncated { token: Token, found: Option<i32> },
+    #[error("this replica is copying a compacted log: applied below {high_watermark}, whole only from {compaction_horizon}")]
+    Copying {
+        high_watermark: i64,
+        compaction_horizon: i64,
+    },
 }
 
 impl ReadError {
@@ -78,13 +85,23 @@ impl ReadError {
     pub fn may_wait(&self) -> bool {
         matches!(
             self,
-            ReadError::Behind { .. } | ReadError::NotYetCommitted { .. }
+            ReadError::Behind { .. }
+                | ReadError::NotYetCommitted { .. }
+                | ReadError::Copying { .. }
         )
     }
 }
 
 /// May this replica answer now?
 pub fn check(consistency: Consistency, view: &ReadView) -> Result<(), ReadError> {
+    // A table below its log's compaction horizon holds a state its log cannot vouch for
+    // (emptied to copy a compacted log, or not yet through it): nobody is served from it.
+    if view.high_watermark < view.compaction_horizon {
+        return Err(ReadError::Copying {
+            high_watermark: view.high_watermark,
+            compaction_horizon: view.compaction_horizon,
+        });
+    }
     match consistency {
         Consistency::Linearizable => {
             // Mutation (tandem-sim's linearizability check): a new leader answers before its HW
@@ -202,6 +219,7 @@ mod tests {
             leader_log_end_offset: Some(25),
             ms_since_caught_up: Some(0),
             log_start_offset: 0,
+            compaction_horizon: 0,
             epochs,
         }
     }
@@ -213,6 +231,45 @@ mod tests {
             epoch_start_offset: None,
             ms_since_caught_up: Some(300),
             ..leader(epochs)
+        }
+    }
+
+    /// Below the log's compaction horizon no consistency is served (docs/tables.md).
+    #[test]
+    fn nothing_is_served_below_the_compaction_horizon() {
+        let e = epochs();
+        for view in [leader(&e), follower(&e)] {
+            let copying = ReadView {
+                compaction_horizon: 21,
+                ..view
+            };
+            let at = ReadView {
+                compaction_horizon: 20,
+                ..view
+            };
+            for consistency in [
+                Consistency::Linearizable,
+                Consistency::Leader,
+                Consistency::Follower {
+                    max_lag_offsets: None,
+                    max_lag_ms: None,
+                },
+                Consistency::AtLeast(Token {
+                    offset: 12,
+                    leader_epoch: 3,
+                }),
+            ] {
+                let refused = check(consistency, &copying);
+                assert!(
+                    matches!(refused, Err(ReadError::Copying { .. })),
+                    "{consistency:?}: {refused:?}"
+                );
+                assert!(refused.unwrap_err().may_wait());
+                assert!(!matches!(
+                    check(consistency, &at),
+                    Err(ReadError::Copying { .. })
+                ));
+            }
         }
     }
 

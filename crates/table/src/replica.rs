@@ -139,6 +139,10 @@ pub struct TableReplica<W, R> {
     /// Set when the table can no longer follow the log incrementally (a truncation below the
     /// applied offset, a failed log action): rebuilt from the log at the next `after_step`.
     needs_rebuild: bool,
+    /// The log's compaction horizon (`Log::compaction_horizon`, which may be past its end
+    /// while a copy is under way): below it the log is whole only as a whole, so the table
+    /// applies no HW below it and serves nothing until it has applied that far.
+    compaction_horizon: i64,
     /// The leader's LEO from the last fetch answer (followers), for lag bounds.
     leader_log_end_offset: Option<i64>,
     /// When (replica clock, ms) this follower last had everything the leader had, and in
@@ -161,6 +165,7 @@ impl<W, R> TableReplica<W, R> {
         Ok(TableReplica {
             table,
             log_end_offset: log.log_end_offset(),
+            compaction_horizon: log.compaction_horizon(),
             needs_rebuild: false,
             leader_log_end_offset: None,
             caught_up: None,
@@ -185,7 +190,14 @@ impl<W, R> TableReplica<W, R> {
             return;
         }
         match action {
-            Action::Append { batches, .. } => {
+            Action::Append {
+                batches,
+                compaction_horizon,
+            } => {
+                // Raised before the copied batches are applied, as in the log.
+                if let Some(horizon) = compaction_horizon {
+                    self.compaction_horizon = self.compaction_horizon.max(*horizon);
+                }
                 if let Some(end) = split_batches(batches)
                     .map_while(Result::ok)
                     .map(|(header, _)| header.next_offset())
@@ -220,11 +232,21 @@ impl<W, R> TableReplica<W, R> {
 
     /// The core's HW, applied before any reply leaves (a client that got its ack and then
     /// reads sees its write).
+    ///
+    /// Below the compaction horizon the log's prefixes are states that never existed (a
+    /// key's delete compacted away, the put replacing it not reached yet): the table stays
+    /// where it was (an emptied copy at its log start) until the HW reaches the horizon, then
+    /// applies everything up to it at once (sim seed 12).
     pub fn commit_to(&mut self, high_watermark: i64) {
-        if !self.needs_rebuild {
-            self.table
-                .commit_to(high_watermark.min(self.log_end_offset));
+        let high_watermark = high_watermark.min(self.log_end_offset);
+        if !self.needs_rebuild && high_watermark >= self.compaction_horizon {
+            self.table.commit_to(high_watermark);
         }
+    }
+
+    /// The compaction horizon the table follows (see [`commit_to`](Self::commit_to)).
+    pub fn compaction_horizon(&self) -> i64 {
+        self.compaction_horizon
     }
 
     /// A fetch answer from the leader arrived, naming its LEO.
@@ -239,6 +261,8 @@ impl<W, R> TableReplica<W, R> {
         log: &dyn Log,
         now_ms: i64,
     ) -> Vec<Answer<W, R>> {
+        // Our own compaction raises it (below the HW: never above what is applied).
+        self.compaction_horizon = self.compaction_horizon.max(log.compaction_horizon());
         if self.needs_rebuild {
             let mut table = Table::new(log.log_start_offset());
             if replay(log, &mut table, replica.high_watermark()).is_ok() {
@@ -433,6 +457,7 @@ impl<W, R> TableReplica<W, R> {
                     .map(|(_, at)| now_ms.saturating_sub(at).max(0))
             },
             log_start_offset: local.log_start_offset(),
+            compaction_horizon: self.compaction_horizon,
             epochs: local.epochs(),
         };
         read::check(consistency, &view)?;
@@ -501,10 +526,15 @@ fn leader_hint(replica: &Replica) -> (Option<i32>, i32) {
 /// offset it covers, with the same leader epoch at its last one. A log cut below the snapshot
 /// (a corrupt tail removed by recovery, a truncation after an unclean election) makes it
 /// useless: the caller replays the whole log instead.
+///
+/// A snapshot below the log's compaction horizon is refused too: the log after it may lack
+/// records it would need (a delete compacted away after a put the snapshot holds), and the
+/// log it was taken from may have been replaced by a compacted copy since.
 pub fn restore(snapshot: Snapshot, log: &dyn Log) -> Option<Table> {
     let offsets = log.offsets();
     let covered = snapshot.applied <= offsets.log_end_offset
         && snapshot.applied >= offsets.log_start_offset
+        && snapshot.applied >= log.compaction_horizon()
         && match snapshot.last_epoch {
             None => snapshot.applied <= offsets.log_start_offset,
             Some(epoch) => {
@@ -521,7 +551,9 @@ pub fn restore(snapshot: Snapshot, log: &dyn Log) -> Option<Table> {
 }
 
 /// Applies the log from the table's applied offset to its end: below `high_watermark`
-/// committed, above it waiting. A damaged batch stops the replay with an error.
+/// committed, above it waiting; nothing committed while `high_watermark` is below the log's
+/// compaction horizon ([`TableReplica::commit_to`]). A damaged batch stops the replay with an
+/// error.
 pub fn replay(log: &dyn Log, table: &mut Table, high_watermark: i64) -> Result<(), StorageError> {
     let end = log.log_end_offset();
     let mut offset = table.applied_offset().max(log.log_start_offset());
@@ -551,7 +583,10 @@ pub fn replay(log: &dyn Log, table: &mut Table, high_watermark: i64) -> Result<(
         }
         offset = next;
     }
-    table.commit_to(high_watermark.min(end));
+    let high_watermark = high_watermark.min(end);
+    if high_watermark >= log.compaction_horizon() {
+        table.commit_to(high_watermark);
+    }
     Ok(())
 }
 
@@ -798,6 +833,97 @@ mod tests {
         );
     }
 
+    /// One put of `key` at `offset`, as a leader of epoch 1 stamped it.
+    fn put_at(offset: i64, key: &str, value: &str) -> Bytes {
+        let mut batch = BatchBuilder::new(0);
+        batch.push(0, Some(key.as_bytes()), Some(value.as_bytes()));
+        let mut bytes = batch.build();
+        tandem_storage::batch::set_base_offset(&mut bytes, offset);
+        tandem_storage::batch::set_leader_epoch(&mut bytes, 1);
+        Bytes::from(bytes)
+    }
+
+    /// Sim seed 12: a follower copies a compacted log in which k's delete at 1 went (the put
+    /// at 2 replaces it); the log is whole only from the horizon 3. Between, the table would
+    /// hold k = old where the history says absent: it applies nothing and serves nothing until
+    /// the HW reaches the horizon, then everything at once.
+    #[test]
+    fn a_copy_below_the_compaction_horizon_is_neither_applied_nor_served() {
+        let mut f = Fixture::leader();
+        let table = &mut f.table;
+        table.on_log_action(&Action::TruncateFullyAndStartAt { offset: 0 }, false);
+        table.on_log_action(
+            &Action::Append {
+                batches: put_at(0, "k", "old"),
+                compaction_horizon: Some(3),
+            },
+            false,
+        );
+        table.commit_to(1);
+        assert_eq!(table.compaction_horizon(), 3);
+        assert_eq!(table.table().applied_offset(), 0, "held at the log start");
+        assert_eq!(table.table().get(b"k"), None);
+        for consistency in [
+            Consistency::Leader,
+            Consistency::Follower {
+                max_lag_offsets: None,
+                max_lag_ms: None,
+            },
+        ] {
+            let answer = f.read("k", consistency, 0, 1).map(|(_, a)| a);
+            assert_eq!(
+                answer,
+                Some(Err(TableReadError::Read(ReadError::Copying {
+                    high_watermark: 0,
+                    compaction_horizon: 3,
+                })))
+            );
+        }
+        // An at-least read waits for the copy (and is answered once it is through).
+        let token = Token {
+            offset: 0,
+            leader_epoch: 1,
+        };
+        assert_eq!(f.read("k", Consistency::AtLeast(token), 100, 2), None);
+        let table = &mut f.table;
+        table.on_log_action(
+            &Action::Append {
+                batches: put_at(2, "k", "new"),
+                compaction_horizon: None,
+            },
+            false,
+        );
+        table.commit_to(3);
+        assert_eq!(table.table().applied_offset(), 3);
+        assert_eq!(
+            table
+                .table()
+                .get(b"k")
+                .map(|e| (e.value.clone(), e.version)),
+            Some((Bytes::from_static(b"new"), 2))
+        );
+    }
+
+    /// A snapshot below the log's compaction horizon may hold a put whose delete the log no
+    /// longer has: the whole log is replayed instead, and a replay below the horizon commits
+    /// nothing.
+    #[test]
+    fn a_snapshot_or_replay_below_the_compaction_horizon_is_refused() {
+        let mut f = Fixture::leader();
+        f.put("k", "v0");
+        f.settle();
+        let bytes = f.table.snapshot(&f.replica).unwrap();
+        let decoded = snapshot::decode(&bytes).unwrap();
+        assert_eq!(decoded.applied, 1);
+        f.log.raise_compaction_horizon(1).unwrap();
+        assert!(restore(decoded.clone(), &f.log).is_some(), "at the horizon");
+        f.log.raise_compaction_horizon(5).unwrap();
+        assert!(restore(decoded, &f.log).is_none());
+        let reloaded: TableReplica<(), ()> = TableReplica::load(&f.log, 1, None).unwrap();
+        assert_eq!(reloaded.table().applied_offset(), 0);
+        assert!(reloaded.table().is_empty());
+    }
+
     #[test]
     fn a_snapshot_restores_only_onto_a_log_that_still_holds_it() {
         let mut f = Fixture::leader();
@@ -822,6 +948,7 @@ mod tests {
         let mut table: TableReplica<(), ()> = TableReplica {
             table: Table::new(0),
             log_end_offset: 0,
+            compaction_horizon: 0,
             needs_rebuild: false,
             leader_log_end_offset: None,
             caught_up: None,

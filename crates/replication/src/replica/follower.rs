@@ -189,13 +189,16 @@ impl Replica {
             return;
         }
         let fetch_offset = self.log.log_end_offset;
-        let end = headers.last().map_or(fetch_offset, |h| h.next_offset());
-        // What arrives from below the leader's compaction horizon may lack tombstones its
-        // compaction removed: our horizon rises as far (found by the simulator, seed 3:
-        // raising it to every copied chunk's end made a new leader that never compacted send
-        // its followers to copy its whole log, and their HW back to 0).
-        let raise_to = data.compaction_horizon.min(end);
-        let compaction_horizon = (raise_to > self.log.compaction_horizon()).then_some(raise_to);
+        // What arrives from below the leader's compaction horizon is a piece of a log that is
+        // whole only up to that horizon: ours rises to it at once, past what arrived, so that
+        // the table serves nothing before the copy gets there (sim seed 12: raised only to
+        // each chunk's end, a follower's HW stopped inside the compacted region, on a state
+        // that never existed). Never further (seed 3: a horizon raised without the leader
+        // having compacted sent followers of this replica, once leader, to copy its log).
+        let raise_to = data.compaction_horizon;
+        let compaction_horizon = (fetch_offset < raise_to
+            && raise_to > self.log.compaction_horizon_target())
+        .then_some(raise_to);
         self.log.issue_append(&headers);
         if let Some(horizon) = compaction_horizon {
             self.log.raise_compaction_horizon(horizon);

@@ -16,6 +16,8 @@ pub(super) struct LeaderState {
     pub(super) pending: Vec<PendingProduce>,
     /// The ISR proposal in flight (at most one per partition).
     pub(super) proposal: Option<Vec<NodeId>>,
+    /// The proposal went unanswered (it may still commit): send it again at this time.
+    pub(super) resend_proposal_at_ms: Option<i64>,
     /// No new proposal before this time; `i64::MAX` waits for new metadata (the controller
     /// said our epochs are stale).
     pub(super) propose_not_before_ms: i64,
@@ -37,9 +39,10 @@ pub(super) struct FollowerProgress {
     pub(super) last_fetch_leader_log_end_offset: i64,
     /// The HW it was last told: a parked fetch is woken when the HW moves past it.
     pub(super) last_sent_high_watermark: Option<i64>,
-    /// The compaction horizon when it was last answered with records: if the horizon moved
-    /// since, tombstones it has not fetched yet may be gone (replica/serve.rs).
-    pub(super) answered_at_horizon: Option<i64>,
+    /// The compaction horizon when it was last answered with records, and the offset it
+    /// fetched from then: if the horizon moved since, records it has not fetched yet may be
+    /// gone; if it fetches from further back, its log lost what it had (replica/serve.rs).
+    pub(super) answered_at_horizon: Option<(i64, i64)>,
 }
 
 impl FollowerProgress {
@@ -113,6 +116,7 @@ impl Replica {
             followers,
             pending,
             proposal: None,
+            resend_proposal_at_ms: None,
             propose_not_before_ms: now,
             flushed_high_watermark: flushed_high_watermark.min(self.high_watermark),
         });
@@ -134,6 +138,7 @@ impl Replica {
         };
         // The committed change supersedes whatever proposal was in flight.
         leader.proposal = None;
+        leader.resend_proposal_at_ms = None;
         leader.propose_not_before_ms = now;
         leader
             .followers
@@ -287,6 +292,7 @@ impl Replica {
         let Some(proposal) = leader.proposal.take() else {
             return; // an answer to a proposal that metadata already superseded
         };
+        leader.resend_proposal_at_ms = None;
         match result {
             Ok(state) => {
                 if state.leader_epoch != partition.leader_epoch
@@ -307,8 +313,36 @@ impl Replica {
                 leader.proposal = Some(proposal);
                 leader.propose_not_before_ms = i64::MAX;
             }
+            Err(IsrChangeError::Unavailable) => {
+                // No answer is no refusal: the proposal may still commit (found by the
+                // simulator, seed 847: it committed after the leader gave up on it, and the HW
+                // had meanwhile passed the added member's LEO). As Kafka keeps its pending ISR,
+                // it stays in flight, its additions counting, and is sent again.
+                leader.proposal = Some(proposal);
+                leader.resend_proposal_at_ms = Some(now.saturating_add(backoff));
+            }
             Err(_) => leader.propose_not_before_ms = now.saturating_add(backoff),
         }
+    }
+
+    /// Sends an unanswered proposal again once its back-off is over.
+    fn maybe_resend_proposal(&mut self, out: &mut Vec<Action>) {
+        let now = self.now_ms;
+        let (Some(partition), Role::Leader(leader)) = (&self.partition, &mut self.role) else {
+            return;
+        };
+        let (Some(at), Some(isr)) = (leader.resend_proposal_at_ms, &leader.proposal) else {
+            return;
+        };
+        if now < at {
+            return;
+        }
+        leader.resend_proposal_at_ms = None;
+        out.push(Action::ProposeIsr {
+            leader_epoch: partition.leader_epoch,
+            partition_epoch: partition.partition_epoch,
+            isr: isr.clone(),
+        });
     }
 
     pub(super) fn leader_tick(&mut self, out: &mut Vec<Action>) {
@@ -327,6 +361,7 @@ impl Replica {
                 });
             }
         }
+        self.maybe_resend_proposal(out);
         self.maybe_shrink_isr(out);
     }
 

@@ -4,10 +4,12 @@
 //! a fetch is parked until an append, a HW change or its max wait.
 //!
 //! # The compaction horizon
-//! Compaction removes a key's tombstone once it is old enough, together with the key's older
-//! records. A follower holding such an older record that fetches from above it would never see
-//! the delete, and its table would keep the key forever (the hazard of Kafka's
-//! `delete.retention.ms`). So a follower fetching from inside the log, below the horizon, gets
+//! Compaction removes a key's superseded records, and its tombstone once it is old enough; the
+//! horizon is the first offset at which the log is whole again (docs/tables.md). A follower
+//! holding an older record of a key whose tombstone went, fetching from above it, would never
+//! see the delete, and its table would keep the key forever (the hazard of Kafka's
+//! `delete.retention.ms`); one stopping inside the cleaned region would hold a state that
+//! never existed. So a follower fetching from inside the log, below the horizon, gets
 //! OffsetOutOfRange unless nothing was removed since it was last answered (it is copying the
 //! log from the start, which holds no older record of any removed key); it then empties its
 //! log and copies it again from the log start, which is also how a new replica gets the
@@ -113,6 +115,10 @@ impl Replica {
         if offset <= self.log.log_start_offset || offset >= horizon {
             return Ok(());
         }
+        #[cfg_attr(
+            feature = "mutation-ignore-compaction-horizon",
+            allow(unused_variables)
+        )]
         let answered_at = match &self.role {
             Role::Leader(leader) => leader
                 .followers
@@ -122,8 +128,12 @@ impl Replica {
         };
         // Mutation (tests/scenarios.rs): serve a follower behind the horizon from its offset.
         #[cfg(feature = "mutation-ignore-compaction-horizon")]
-        let answered_at = Some(horizon);
-        if answered_at.is_some_and(|h| h >= horizon) {
+        let answered_at = Some((horizon, offset));
+        // Going on with a copy: nothing removed since, and its log did not go back since (a
+        // restart that lost a tail, a truncation; sim seed 899: a follower whose recovery cut
+        // its log below the horizon was served from there and kept a key whose delete was
+        // gone).
+        if answered_at.is_some_and(|(h, from)| h >= horizon && offset >= from) {
             return Ok(());
         }
         Err(ReadError::OffsetOutOfRange {
@@ -205,14 +215,14 @@ impl Replica {
             self.note_high_watermark_sent(replica_id);
             if let Role::Leader(leader) = &mut self.role {
                 if let Some(f) = leader.followers.get_mut(&replica_id) {
-                    f.answered_at_horizon = Some(compaction_horizon);
+                    f.answered_at_horizon = Some((compaction_horizon, request.fetch_offset));
                 }
             }
         }
         let checked_horizon = (request.replica_id.is_some()
             && diverging_epoch.is_none()
             && request.fetch_offset > self.log.log_start_offset)
-            .then_some(compaction_horizon);
+            .then_some(self.log.compaction_horizon_target());
         FetchData {
             high_watermark: self.high_watermark,
             log_start_offset: self.log.log_start_offset,

@@ -1291,6 +1291,75 @@ fn a_stale_refusal_of_an_addition_keeps_counting_it_until_metadata() {
     assert_eq!(r.high_watermark(), 3);
 }
 
+/// Found by the simulator (seed 847): an ISR expansion went unanswered (the controller did
+/// not commit it within the node's wait) and committed later. A leader that dropped it let its
+/// HW pass the added member's LEO before the metadata arrived. No answer is no refusal: the
+/// addition keeps counting, and the same proposal is sent again after the back-off.
+#[test]
+fn an_unanswered_addition_keeps_counting_and_is_sent_again() {
+    let mut r = leader_with_three(&[1, 2], 1, Acks::Leader);
+    fetch(&mut r, 0, 10, follower_fetch(2, 3, Some(EPOCH)));
+    let proposal = Action::ProposeIsr {
+        leader_epoch: EPOCH,
+        partition_epoch: PARTITION_EPOCH,
+        isr: vec![1, 2, 3],
+    };
+    let out = fetch(&mut r, 0, 11, follower_fetch(3, 3, Some(EPOCH)));
+    assert!(out.contains(&proposal), "{out:?}");
+    r.step(0, Event::IsrChangeResult(Err(IsrChangeError::Unavailable)));
+    produce(&mut r, 0, 2, Acks::Leader, &["d"]);
+    appended(&mut r, 0, 4);
+    let out = fetch(&mut r, 0, 12, follower_fetch(2, 4, Some(EPOCH)));
+    assert!(!out.contains(&hw(4)), "node 3 may be in the ISR: {out:?}");
+    assert_eq!(r.high_watermark(), 3);
+    assert!(!r.step(999, Event::Tick).contains(&proposal));
+    assert!(r.step(1_000, Event::Tick).contains(&proposal));
+}
+
+/// Found by the simulator (seed 899): a follower copying below the leader's compaction
+/// horizon may go on from where it got to, but one whose log went back since it was last
+/// answered (a restart whose recovery cut a corrupt tail) holds records of its own from
+/// before, possibly a key whose delete the compaction removed: it must copy again.
+#[test]
+fn a_follower_whose_log_went_back_below_the_horizon_copies_again() {
+    let mut r = leader_with_three(&[1, 2], 1, Acks::Leader);
+    r.step(
+        0,
+        Event::Compacted {
+            compaction_horizon: 3,
+        },
+    );
+    let ok = |out: &[Action]| {
+        out.iter().any(|a| {
+            matches!(a, Action::RespondFetch {
+                result: Ok(data),
+                ..
+            } if data.diverging_epoch.is_none())
+        })
+    };
+    let out_of_range = |out: &[Action]| {
+        out.iter().any(|a| {
+            matches!(
+                a,
+                Action::RespondFetch {
+                    result: Err(ReadError::OffsetOutOfRange { .. }),
+                    ..
+                }
+            )
+        })
+    };
+    let request = |offset| follower_fetch(2, offset, (offset > 0).then_some(EPOCH));
+    let out = fetch(&mut r, 0, 10, request(1));
+    assert!(out_of_range(&out), "below the horizon: {out:?}");
+    // The copy from the start goes on while nothing more is removed...
+    assert!(ok(&fetch(&mut r, 0, 11, request(0))));
+    assert!(ok(&fetch(&mut r, 0, 12, request(2))));
+    assert!(ok(&fetch(&mut r, 0, 13, request(2))));
+    // ...but not from further back than it was.
+    let out = fetch(&mut r, 0, 14, request(1));
+    assert!(out_of_range(&out), "its log went back: {out:?}");
+}
+
 // ---- failures ----
 
 #[test]
@@ -1347,6 +1416,66 @@ fn follower_lags_report_records_and_time_behind_the_leader() {
 /// follower's horizon rises to cover them, but never past the leader's (simulator seed 3: a
 /// replica that raised it to every copied chunk's end later, as leader, sent followers that
 /// never needed it to copy its whole log, and their HW went back to 0).
+/// Sim seed 12: a log copied from a compacted one is whole only up to the leader's horizon, so
+/// the follower's horizon rises to it with the first batches, however far they reach: its
+/// table then serves nothing until the copy gets there. Raised only to each chunk's end, the
+/// follower's HW stopped inside the cleaned region, on a state that never existed.
+#[test]
+fn a_follower_copying_a_compacted_log_raises_its_horizon_to_the_leaders_at_once() {
+    let (mut r, fetch_id) = follower_over(log(0, &[]), 0);
+    let records = stamped(&["a", "b", "c"], 0, EPOCH);
+    let answer = data(10, None, records.clone()).map(|d| FetchData {
+        compaction_horizon: 8,
+        ..d
+    });
+    let out = r.step(
+        0,
+        Event::FetchResponse {
+            fetch_id,
+            response: answer,
+        },
+    );
+    assert_eq!(
+        out,
+        vec![Action::Append {
+            batches: records,
+            compaction_horizon: Some(8),
+        }]
+    );
+    assert_eq!(r.local_log().compaction_horizon_target(), 8);
+    assert_eq!(
+        r.local_log().compaction_horizon(),
+        0,
+        "nothing appended yet"
+    );
+}
+
+/// A follower fetching from at or above the leader's horizon receives batches compaction never
+/// touched: its horizon stays.
+#[test]
+fn a_follower_above_the_leaders_horizon_keeps_its_own() {
+    let (mut r, fetch_id) = follower_over(log(3, &[(EPOCH, 0)]), 0);
+    let records = stamped(&["d"], 3, EPOCH);
+    let answer = data(10, None, records.clone()).map(|d| FetchData {
+        compaction_horizon: 2,
+        ..d
+    });
+    let out = r.step(
+        0,
+        Event::FetchResponse {
+            fetch_id,
+            response: answer,
+        },
+    );
+    assert_eq!(
+        out,
+        vec![Action::Append {
+            batches: records,
+            compaction_horizon: None,
+        }]
+    );
+}
+
 #[test]
 fn a_follower_raises_its_compaction_horizon_only_as_far_as_the_leaders() {
     let (mut r, fetch_id) = follower_over(log(0, &[]), 0);

@@ -18,6 +18,7 @@ pub fn check(world: &World, state: &mut CheckState) -> Result<(), Violation> {
             .or_insert(ReplicaSeen {
                 epochs,
                 high_watermark: r.slot.replica.high_watermark(),
+                log_end_offset: r.slot.replica.local_log().log_end_offset(),
                 verified_to: r.slot.replica.local_log().log_start_offset(),
                 compacted: (r.slot.serial, r.slot.compactions),
             });

@@ -35,6 +35,7 @@ pub fn check(world: &World, state: &mut CheckState) -> Result<(), Violation> {
             .or_insert(ReplicaSeen {
                 epochs: (-1, -1),
                 high_watermark: r.slot.replica.high_watermark(),
+                log_end_offset: log.log_end_offset(),
                 verified_to: log.log_start_offset(),
                 compacted,
             });

@@ -68,6 +68,8 @@ pub struct CommittedBatch {
 pub struct ReplicaSeen {
     pub epochs: (i32, i32),
     pub high_watermark: i64,
+    /// Its LEO when its HW was last looked at (`hw_monotonic`).
+    pub log_end_offset: i64,
     /// Its log below here has been compared with the committed history.
     pub verified_to: i64,
     /// The slot (serial) and its compaction count when last compared: a compaction rewrote

@@ -2,9 +2,11 @@
 //! replica applies the records below HW to its index): after every event, each replica's
 //! table has applied exactly up to its HW, and its committed map holds, for each key, the
 //! latest put below the HW (value, offset as version, epoch), unless a delete follows it.
-//! One exception: a table restored from a snapshot may have applied past the HW its replica
+//! Two exceptions: a table restored from a snapshot may have applied past the HW its replica
 //! recovered (the HW checkpoint lags the snapshot) until the HW catches up; it must then have
-//! applied only committed offsets, and hold exactly the committed state there.
+//! applied only committed offsets, and hold exactly the committed state there. And while the
+//! HW is below the log's compaction horizon (a copy of a compacted log under way) the table
+//! stays behind it, where it was: again exactly the committed state there.
 //!
 //! The reference is the committed history's writes per key (`CheckState::table_writes`,
 //! indexed once per committed batch), not the replica's table code: `logs_agree` has just
@@ -42,7 +44,10 @@ pub fn check(world: &World, state: &mut CheckState) -> Result<(), Violation> {
         };
         let applied = table.applied_offset();
         let committed_end = state.committed_end(r.part);
-        if applied < hw || (applied > hw && applied > committed_end) {
+        // Below its log's compaction horizon a table stays where it was (an emptied copy at
+        // its log start): it must then hold the committed state there, checked below.
+        let held = hw < r.slot.table.compaction_horizon();
+        if (applied < hw && !held) || (applied > hw && applied > committed_end) {
             return fail(format!(
                 "the table applied up to {applied}, the replica's HW is {hw} (the committed \
                  history ends at {committed_end})"

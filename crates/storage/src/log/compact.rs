@@ -5,7 +5,7 @@
 //!  1. snapshot the segment list (files are Arc'd)
 //!  2. key map: read every batch below up_to          ──>  (nothing)
 //!     key -> offset of its latest record
-//!  3. horizon checkpoint, if tombstones go (checkpoint lock)
+//!  3. horizon checkpoint, if any record goes (checkpoint lock)
 //!  4. per group of adjacent sealed segments:
 //!     write <base>.log.cleaned (+ .index/.timeindex.cleaned), fsync;
 //!     remove the group's old index files, fsync dir
@@ -50,6 +50,8 @@ struct Latest {
     offset: i64,
     /// A tombstone old enough to go.
     expired_tombstone: bool,
+    /// An older record of the key lies in a segment being cleaned, so it goes.
+    supersedes_cleaned: bool,
 }
 
 /// Why reading a segment stopped.
@@ -241,10 +243,18 @@ impl<D: Directory> SegmentedLog<D> {
                     let entry = Latest {
                         offset,
                         expired_tombstone: record.value.is_none() && tombstones_expired,
+                        supersedes_cleaned: false,
                     };
                     // Copied: a slice would keep the whole read window alive.
                     match latest.get_mut(key.as_ref()) {
-                        Some(slot) => *slot = entry,
+                        Some(slot) => {
+                            let supersedes_cleaned =
+                                slot.supersedes_cleaned || slot.offset < cleanable_end;
+                            *slot = Latest {
+                                supersedes_cleaned,
+                                ..entry
+                            };
+                        }
                         None => {
                             latest.insert(Bytes::copy_from_slice(&key), entry);
                         }
@@ -255,13 +265,18 @@ impl<D: Directory> SegmentedLog<D> {
         let producer_batches: std::collections::HashSet<i64> =
             producers.into_values().flatten().collect();
 
-        // 3. The horizon first: durable before any segment without those tombstones can be.
-        let removed_tombstone_end = latest
+        // 3. The horizon first, durable before any segment without those records can be. A
+        // prefix of the cleaned log is a state that never existed (a key's old record gone,
+        // the record that replaced it not reached yet; a tombstone gone), so the horizon is
+        // the first offset at which the log is whole again: past the latest record of every
+        // key that loses one (sim seed 12: a horizon raised only for expired tombstones let a
+        // follower stop in between).
+        let consistent_from = latest
             .values()
-            .filter(|l| l.expired_tombstone && l.offset < cleanable_end)
+            .filter(|l| l.supersedes_cleaned || (l.expired_tombstone && l.offset < cleanable_end))
             .map(|l| l.offset + 1)
             .max();
-        if let Some(end) = removed_tombstone_end {
+        if let Some(end) = consistent_from {
             let _checkpoint_guard = self.checkpoint_lock.lock();
             if end > self.state.read().compaction_horizon {
                 self.write_compaction_horizon(end)?;
