@@ -616,7 +616,10 @@ async fn a_wiped_voter_rejoins_as_a_new_voter() {
     // It has the log; it applies the topic once it hears the commit index.
     let deadline = Instant::now() + BOUND;
     while cluster.running[&wiped].metadata().1.topics.len() != 1 {
-        assert!(Instant::now() < deadline, "the rejoined voter applied the topic");
+        assert!(
+            Instant::now() < deadline,
+            "the rejoined voter applied the topic"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     // It votes again: with the old active controller gone, it and the third voter elect one.
