@@ -692,7 +692,9 @@ impl World {
             to: from,
             to_generation,
         };
-        let request = match payload {
+        // Each request kind: the controller request, and how its answer goes back (`None`:
+        // nobody waits for it).
+        let (request, reply): (ControllerRequest, Option<Reply>) = match payload {
             Payload::VoterCall { call, request } => {
                 let request = match ControllerRequest::decode(&request) {
                     Ok(request) => request,
@@ -704,16 +706,13 @@ impl World {
                         return;
                     }
                 };
-                let task = async move {
-                    let response = node.handle(request).await;
-                    let payload = Payload::VoterCallReply {
+                let reply: Reply = Box::new(move |response, _| {
+                    Ok(Payload::VoterCallReply {
                         call,
                         response: Some(Bytes::from(response.encode())),
-                    };
-                    answer.send(payload);
-                };
-                self.voter_spawn(v, task);
-                return;
+                    })
+                });
+                (request, Some(reply))
             }
             Payload::VoterCallReply { call, response } => {
                 let Some(pending) = self.controller.calls.remove(&call) else {
@@ -726,68 +725,58 @@ impl World {
                 return;
             }
             Payload::Register(request) => {
-                let task = async move {
-                    let result = match node.handle(ControllerRequest::Register(request)).await {
-                        ControllerResponse::Register(result) => result,
-                        other => return answer.unexpected(other),
-                    };
-                    answer.send(Payload::RegisterReply(result));
-                };
-                self.voter_spawn(v, task);
-                return;
+                let reply: Reply = Box::new(|response, _| match response {
+                    ControllerResponse::Register(result) => Ok(Payload::RegisterReply(result)),
+                    other => Err(format!("{other:?}")),
+                });
+                (ControllerRequest::Register(request), Some(reply))
             }
             Payload::Heartbeat {
                 request,
                 sent_local_ms,
                 known_version,
             } => {
-                let task = async move {
-                    let result = match node.handle(ControllerRequest::Heartbeat(request)).await {
-                        ControllerResponse::Heartbeat(result) => result,
-                        other => return answer.unexpected(other),
-                    };
-                    let (version, metadata) = node.metadata();
-                    let reply = Payload::HeartbeatReply {
-                        sent_local_ms,
-                        result,
-                        metadata: (version > known_version).then_some((version, metadata)),
-                    };
-                    answer.send(reply);
-                };
-                self.voter_spawn(v, task);
-                return;
+                let reply: Reply = Box::new(move |response, node| match response {
+                    ControllerResponse::Heartbeat(result) => {
+                        let (version, metadata) = node.metadata();
+                        Ok(Payload::HeartbeatReply {
+                            sent_local_ms,
+                            result,
+                            metadata: (version > known_version).then_some((version, metadata)),
+                        })
+                    }
+                    other => Err(format!("{other:?}")),
+                });
+                (ControllerRequest::Heartbeat(request), Some(reply))
             }
             Payload::AlterPartition {
                 request_id,
                 part,
                 request,
             } => {
-                let task = async move {
-                    let result = match node
-                        .handle(ControllerRequest::AlterPartition(request))
-                        .await
-                    {
-                        ControllerResponse::AlterPartition(result) => result,
-                        other => return answer.unexpected(other),
-                    };
-                    let reply = Payload::AlterPartitionReply {
-                        request_id,
-                        part,
-                        result,
-                    };
-                    answer.send(reply);
-                };
-                self.voter_spawn(v, task);
-                return;
+                let reply: Reply = Box::new(move |response, _| match response {
+                    ControllerResponse::AlterPartition(result) => {
+                        Ok(Payload::AlterPartitionReply {
+                            request_id,
+                            part,
+                            result,
+                        })
+                    }
+                    other => Err(format!("{other:?}")),
+                });
+                (ControllerRequest::AlterPartition(request), Some(reply))
             }
             Payload::NodeStopped {
                 node_id,
                 incarnation,
-            } => ControllerRequest::NodeStopped {
-                node_id,
-                incarnation,
-            },
-            Payload::CreateTopic(request) => ControllerRequest::CreateTopic(request),
+            } => (
+                ControllerRequest::NodeStopped {
+                    node_id,
+                    incarnation,
+                },
+                None,
+            ),
+            Payload::CreateTopic(request) => (ControllerRequest::CreateTopic(request), None),
             Payload::MetadataRequest => {
                 let (version, metadata) = node.metadata();
                 if version > 0 {
@@ -802,9 +791,13 @@ impl World {
             }
             _ => return,
         };
-        // Requests whose answer nobody waits for.
         let task = async move {
-            let _ = node.handle(request).await;
+            let response = node.handle(request).await;
+            match reply.map(|reply| reply(response, &node)) {
+                Some(Ok(payload)) => answer.send(payload),
+                Some(Err(other)) => answer.unexpected(other),
+                None => {}
+            }
         };
         self.voter_spawn(v, task);
     }
@@ -820,6 +813,10 @@ impl World {
         }
     }
 }
+
+/// Turns a voter's answer into the message for whoever asked; `Err` describes an answer of
+/// the wrong kind.
+type Reply = Box<dyn FnOnce(ControllerResponse, &ControllerNode) -> Result<Payload, String> + Send>;
 
 /// Where a voter's task sends its answer.
 struct AnswerPath {
@@ -845,12 +842,12 @@ impl AnswerPath {
     }
 
     /// `ControllerNode::handle` answers variant for variant; anything else is a bug.
-    fn unexpected(&self, response: ControllerResponse) {
+    fn unexpected(&self, detail: String) {
         post(
             &self.outbox,
             Outgoing::Unexpected {
                 voter: self.from,
-                detail: format!("{response:?}"),
+                detail,
             },
         );
     }
