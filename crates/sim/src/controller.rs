@@ -369,13 +369,6 @@ impl World {
         self.trace(|| format!("voter {v} {kind:?}"));
     }
 
-    pub fn voter_is_up(&self, v: NodeId) -> bool {
-        self.controller
-            .voters
-            .get(&v)
-            .is_some_and(|x| x.process.is_some())
-    }
-
     pub(crate) fn voter_generation(&self, v: NodeId) -> Option<u64> {
         self.controller
             .voters
